@@ -1,0 +1,187 @@
+"""RunConfig: one validated, frozen pydantic tree for a pipeline run, loaded from YAML.
+
+Each task receives only the sections it reads, so a fingerprint changes only when something that stage
+depends on changes. Fields listed in a section's NON_SEMANTIC never enter a fingerprint (speed knobs,
+devices, secrets' names). Everything derivable from the model (its depth) is checked once, before any work,
+by `check_against_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+Variant = Literal["system", "stimulus", "stimulus_completion", "control"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset()
+
+
+class ModelConfig(Section):
+    """The target model; the decoder is the same weights plus a LoRA adapter."""
+
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"device"})
+    name: str = Field(DEFAULT_MODEL, description="embedded name, Hugging Face id, or a local directory")
+    revision: str | None = Field(None, description="Hub revision (ignored for local and embedded models)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+    device: str = Field("auto", description="auto: cuda when present, else cpu")
+
+
+class EndpointConfig(Section):
+    """An OpenAI-compatible endpoint. No base_url: the pipeline serves `local_model` on 127.0.0.1 itself."""
+
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset(
+        {"base_url", "api_key_env", "timeout_s", "max_retries", "concurrency", "max_batch"})
+    base_url: str | None = None
+    model_id: str | None = Field(None, description="model name sent to the endpoint; default: local_model")
+    local_model: str = DEFAULT_MODEL
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    concurrency: int = Field(16, ge=1)
+    max_batch: int = Field(16, ge=1, description="local server only: requests generated together")
+
+    @property
+    def served_model(self) -> str:
+        return self.model_id or self.local_model
+
+
+class CatalogConfig(Section):
+    builtin: bool = Field(True, description="include the controls shipped in latentqa/controls/")
+    paths: list[Path] = Field([], description="extra control catalogs (YAML), same format as the builtin ones")
+    families: list[Literal["persona", "goal", "scenario"]] = ["persona", "goal"]
+    n_controls: int | None = Field(None, gt=0, description="sample this many controls (stratified by family)")
+    seed: int = 0
+
+    @field_validator("paths")
+    @classmethod
+    def _paths_exist(cls, paths: list[Path]) -> list[Path]:
+        missing = [str(p) for p in paths if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"control catalog file(s) not found: {missing}")
+        return paths
+
+
+class SynthesizeConfig(Section):
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"max_fail_fraction"})
+    n_description: int = Field(3, ge=1, description="description questions per control")
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    max_tokens: int = Field(320, gt=0)
+    max_chars: int = Field(160, gt=10, description="maxLength of each generated string")
+    max_fail_fraction: float = Field(0.5, ge=0, le=1, description="fail the stage above this share of failures")
+
+
+class ExtractConfig(Section):
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"batch_tokens", "dialogs_per_part"})
+    variant: Variant = "stimulus_completion"
+    read_layer: int = Field(15, ge=0, description="read the output of this block (hidden_states[L+1])")
+    max_tokens: int = Field(512, gt=0, description="dialogs longer than this are skipped (reason exceeds_context)")
+    act_dtype: Literal["float32", "float16"] = "float32"
+    batch_tokens: int = Field(4096, gt=0, description="padded tokens per forward")
+    dialogs_per_part: int = Field(256, gt=0, description="dialogs per Parquet part")
+
+
+class FilterConfig(Section):
+    eval_fraction: float = Field(0.25, gt=0, lt=1, description="share of control labels held out for evaluation")
+    seed: int = 0
+    min_answer_chars: int = Field(2, ge=0)
+    max_answer_chars: int = Field(400, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "FilterConfig":
+        if self.min_answer_chars >= self.max_answer_chars:
+            raise ValueError(f"filter.min_answer_chars={self.min_answer_chars} must be < max_answer_chars")
+        return self
+
+
+class TrainConfig(Section):
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"log_every"})
+    write_layer: int = Field(0, ge=0, description="activations overwrite this decoder block's output")
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    seed: int = 0
+    placeholder: str = Field("?", description="a single-token string; its id fills the activation positions")
+    log_every: int = Field(5, gt=0)
+
+
+class EvaluateConfig(Section):
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    max_new_tokens: int = Field(32, gt=0)
+    max_examples: int | None = Field(None, gt=0)
+    batch_size: int = Field(8, gt=0)
+    seed: int = 0
+
+
+class StorageConfig(Section):
+    root: Path = Path("runs/demo")
+
+
+class RunConfig(Section):
+    """A whole pipeline run."""
+
+    name: str = "demo"
+    model: ModelConfig = ModelConfig()
+    endpoint: EndpointConfig = EndpointConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    synthesize: SynthesizeConfig = SynthesizeConfig()
+    extract: ExtractConfig = ExtractConfig()
+    filter: FilterConfig = FilterConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    storage: StorageConfig = StorageConfig()
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field."""
+
+
+def load_config(path: Path | str) -> RunConfig:
+    """Parse and validate a YAML run config; relative catalog paths resolve against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    catalog = raw.get("catalog") or {}
+    if isinstance(catalog, dict) and catalog.get("paths"):
+        catalog["paths"] = [str((path.parent / p)) if not Path(p).is_absolute() else p for p in catalog["paths"]]
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{source}: invalid configuration"]
+        for e in err.errors():
+            field = ".".join(str(x) for x in e["loc"]) or "(top level)"
+            value = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
+            lines.append(f"  {field}: {e['msg']}{value}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def check_against_model(cfg: RunConfig, n_layers: int) -> None:
+    """Checks that need the model's depth; raised before any stage runs."""
+    for field, layer in (("extract.read_layer", cfg.extract.read_layer), ("train.write_layer", cfg.train.write_layer)):
+        if layer >= n_layers:
+            raise ConfigError(f"{field}={layer} is beyond the model's depth: {cfg.model.name} has {n_layers} "
+                              f"blocks (valid 0..{n_layers - 1})")

@@ -1,0 +1,128 @@
+"""The decoder: the target's weights plus a LoRA adapter, prompted with placeholders that carry activations.
+
+Prompt (LatentQA): [user: <placeholder> x n_acts] [assistant: ACK] [user: question] [assistant: answer].
+Placeholder token ids are inserted directly (never by tokenising a string of placeholders). The loss covers
+the answer turn only; everything before it is masked with -100.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentqa.dialogs import encode, render
+from latentqa.models import find_blocks
+from latentqa.patching import PatchSpec
+
+PROMPT_FORMAT = 1  # bump when the decoder prompt changes: adapters trained on another format do not transfer
+ACK = "Sure, I can answer questions about what I just read."
+_MARK = "\x07latentqa-acts\x07"
+IGNORE = -100
+
+
+def placeholder_id(tokenizer, placeholder: str) -> int:
+    ids = encode(tokenizer, placeholder)
+    if len(ids) != 1:
+        raise ValueError(f"train.placeholder={placeholder!r} is {len(ids)} tokens for this tokenizer; pick one token")
+    return ids[0]
+
+
+def _splice(tokenizer, text: str, n_acts: int, ph_id: int) -> tuple[list[int], int]:
+    before, after = text.split(_MARK)
+    head = encode(tokenizer, before)
+    return head + [ph_id] * n_acts + encode(tokenizer, after), len(head)
+
+
+@dataclass(frozen=True)
+class DecoderExample:
+    input_ids: list[int]
+    labels: list[int]
+    act_start: int  # placeholders occupy [act_start, act_start + n_acts)
+    n_acts: int
+
+
+def encode_example(tokenizer, n_acts: int, question: str, answer: str | None, ph_id: int) -> DecoderExample:
+    """Tokens of a decoder prompt; with an answer, labels cover exactly the answer turn."""
+    msgs = [{"role": "user", "content": _MARK}, {"role": "assistant", "content": ACK},
+            {"role": "user", "content": question}]
+    prompt, start = _splice(tokenizer, render(tokenizer, msgs, add_generation_prompt=True), n_acts, ph_id)
+    if answer is None:
+        return DecoderExample(prompt, [IGNORE] * len(prompt), start, n_acts)
+    full, _ = _splice(tokenizer, render(tokenizer, msgs + [{"role": "assistant", "content": answer}]), n_acts, ph_id)
+    assert full[: len(prompt)] == prompt, f"{len(prompt)} prompt tokens not a prefix of {len(full)} with the answer"
+    return DecoderExample(full, [IGNORE] * len(prompt) + full[len(prompt):], start, n_acts)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    patch: PatchSpec
+
+
+def collate(examples: list[DecoderExample], acts: list[np.ndarray | torch.Tensor], pad_id: int,
+            device: torch.device, norm_match: bool = False) -> Batch:
+    """Left-pad a batch (explicit pad id, positions from the mask) and gather the patch for it."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    b_idx, p_idx = [], []
+    for b, ex in enumerate(examples):
+        off = width - len(ex.input_ids)
+        ids[b, off:] = torch.tensor(ex.input_ids)
+        labels[b, off:] = torch.tensor(ex.labels)
+        mask[b, off:] = 1
+        b_idx += [b] * ex.n_acts
+        p_idx += range(off + ex.act_start, off + ex.act_start + ex.n_acts)
+    vectors = torch.cat([torch.as_tensor(a) for a in acts]).float()
+    assert vectors.shape[0] == len(p_idx), f"{vectors.shape[0]} vectors for {len(p_idx)} placeholder positions"
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    spec = PatchSpec(torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device), vectors.to(device),
+                     seq_len=width, norm_match=norm_match)
+    return Batch(ids.to(device), mask.to(device), positions.to(device), labels.to(device), spec)
+
+
+def make_decoder(model, r: int, alpha: int, dropout: float, target_modules: list[str], seed: int = 0):
+    """Wrap the (frozen) target in a trainable LoRA adapter; only adapter weights require grad."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                        task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
+
+
+def write_block(decoder, layer: int):
+    """The decoder block whose output receives the activations (located through the peft wrapper)."""
+    return find_blocks(decoder)[layer]
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    """What a reader needs to use a trained adapter without the training config (decoder.json)."""
+
+    base_model: str
+    read_layer: int
+    write_layer: int
+    placeholder: str
+    placeholder_id: int
+    variant: str
+    norm_match: bool = False
+    prompt_format: int = PROMPT_FORMAT
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "DecoderInfo":
+        info = cls(**json.loads(path.read_text()))
+        if info.prompt_format != PROMPT_FORMAT:
+            raise ValueError(f"{path}: prompt_format {info.prompt_format} != supported {PROMPT_FORMAT}")
+        return info

@@ -1,0 +1,154 @@
+"""Structured LLM calls through the `openai` client against any OpenAI-compatible endpoint.
+
+Each call: look the request up in the response cache; otherwise send it (bounded concurrency), retrying only
+transient failures (timeouts, connection errors, 429, 5xx) with exponential backoff, jitter and Retry-After;
+store the raw reply as soon as it arrives; validate it against the pydantic schema, and on an invalid reply
+ask again with the validation error appended. A call never raises for a per-item failure: it returns a
+Result with a reason (`timeout`, `http_429`, `http_5xx`, `connection`, `schema_invalid`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import openai
+from pydantic import SecretStr, ValidationError
+
+from latentqa.config import EndpointConfig
+from latentqa.prompts import RETRY, SCHEMA_HINT
+from latentqa.schemas import Reply, json_schema, validate_reply
+
+SCHEMA_RETRIES = 2
+
+
+class ResponseCache(Protocol):
+    def get(self, key: str) -> str | None: ...
+    def put(self, key: str, model: str, content: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None: ...
+
+
+def read_api_key(cfg: EndpointConfig, local: bool) -> SecretStr:
+    """The key from the environment variable named in config; a local server needs none."""
+    value = os.environ.get(cfg.api_key_env)
+    if value is None:
+        if local:
+            return SecretStr("local")
+        raise RuntimeError(f"endpoint.api_key_env names {cfg.api_key_env!r}, which is not set in the environment")
+    return SecretStr(value)
+
+
+@dataclass
+class Result:
+    reply: Reply | None
+    reason: str = "ok"
+    detail: str = ""
+    sent: int = 0  # HTTP requests actually sent (cache hits send none)
+    cached: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reply is not None
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    cached: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class LLM:
+    """An async structured-output client bound to one endpoint and model."""
+
+    def __init__(self, cfg: EndpointConfig, base_url: str, api_key: SecretStr, cache: ResponseCache,
+                 key_fn, backoff_s: float = 1.0):
+        self.cfg, self.cache, self.key_fn, self.backoff_s = cfg, cache, key_fn, backoff_s
+        self.model = cfg.served_model
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key.get_secret_value(),
+                                         timeout=cfg.timeout_s, max_retries=0)
+        self.semaphore = asyncio.Semaphore(cfg.concurrency)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _request(self, messages: list[dict], schema: dict, params: dict[str, Any]) -> dict[str, Any]:
+        mode = self.cfg.structured_output
+        if mode != "json_schema":  # the server cannot enforce the schema: describe it in the prompt
+            messages = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"]
+                                         + SCHEMA_HINT.format(schema=json.dumps(schema))}]
+        body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
+        if mode == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+        elif mode == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def complete(self, messages: list[dict], reply_model: type[Reply], params: dict[str, Any]) -> Result:
+        schema = json_schema(reply_model)
+        result = Result(None)
+        for _attempt in range(SCHEMA_RETRIES + 1):
+            body = self._request(messages, schema, params)
+            key = self.key_fn(body)
+            text = self.cache.get(key)
+            if text is None:
+                text, reason, detail = await self._send(body)
+                result.sent += 1
+                if text is None:
+                    result.reason, result.detail = reason, detail
+                    return result
+                self.cache.put(key, self.model, text)
+            else:
+                result.cached += 1
+            try:
+                result.reply = validate_reply(reply_model, text)
+                result.reason, result.detail = "ok", ""
+                return result
+            except (ValidationError, ValueError) as err:
+                error = str(err).splitlines()[0] if isinstance(err, ValueError) else _short(err)
+                result.reason, result.detail = "schema_invalid", f"{error} | reply: {text[:200]}"
+                messages = [*messages, {"role": "assistant", "content": text},
+                            {"role": "user", "content": RETRY.format(error=error)}]
+        return result
+
+    async def _send(self, body: dict[str, Any]) -> tuple[str | None, str, str]:
+        """(content, reason, detail); retries transient failures only."""
+        reason, detail = "unknown", ""
+        for attempt in range(self.cfg.max_retries + 1):
+            wait = None
+            try:
+                async with self.semaphore:
+                    response = await self.client.chat.completions.create(**body)
+                return response.choices[0].message.content or "", "ok", ""
+            except openai.APITimeoutError as err:
+                reason, detail = "timeout", str(err)
+            except openai.RateLimitError as err:
+                reason, detail, wait = "http_429", str(err)[:200], _retry_after(err)
+            except openai.APIStatusError as err:
+                if err.status_code < 500:
+                    return None, f"http_{err.status_code}", str(err)[:200]
+                reason, detail, wait = "http_5xx", str(err)[:200], _retry_after(err)
+            except openai.APIConnectionError as err:
+                reason, detail = "connection", str(err)[:200]
+            if attempt < self.cfg.max_retries:
+                delay = wait if wait is not None else self.backoff_s * 2 ** attempt
+                await asyncio.sleep(delay * (1 + 0.25 * random.random()))
+        return None, reason, detail
+
+
+def _retry_after(err: openai.APIStatusError) -> float | None:
+    value = err.response.headers.get("retry-after") if err.response is not None else None
+    try:
+        return min(float(value), 60.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _short(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "reply"
+    return f"{loc}: {first['msg']}"

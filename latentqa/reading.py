@@ -1,0 +1,56 @@
+"""Read the residual stream: the output of block L (== hidden_states[L+1]) with an early-stopped forward.
+
+Blocks after the deepest layer read are never run: a hook raises once it has what it needs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from latentqa.models import find_blocks
+
+
+class _StopForward(Exception):
+    pass
+
+
+def block_hidden(output) -> torch.Tensor:
+    """A decoder block returns a tensor or a tuple whose first item is the hidden state."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def _capture(blocks: nn.ModuleList, layers: list[int], out: dict[int, torch.Tensor], stop_after: int | None):
+    handles = []
+    for layer in layers:
+        def hook(_module, _inputs, output, layer=layer):
+            out[layer] = block_hidden(output)
+            if stop_after is not None and layer == stop_after:
+                raise _StopForward
+        handles.append(blocks[layer].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def read_layers(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Tensor, layers: list[int],
+                early_stop: bool = True) -> dict[int, torch.Tensor]:
+    """{layer: acts_btd} for the given blocks; right padding keeps real positions exact (causal attention)."""
+    blocks = find_blocks(model)
+    bad = [l for l in layers if not 0 <= l < len(blocks)]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range: the model has {len(blocks)} blocks")
+    out: dict[int, torch.Tensor] = {}
+    body = getattr(model, "model", model)  # the decoder stack without the LM head
+    with _capture(blocks, sorted(set(layers)), out, max(layers) if early_stop else None):
+        try:
+            body(input_ids=input_ids_bt, attention_mask=mask_bt, use_cache=False)
+        except _StopForward:
+            pass
+    return out

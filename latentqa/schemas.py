@@ -1,0 +1,50 @@
+"""Pydantic schemas of the LLM replies; their JSON schema (with bounded string lengths) constrains decoding.
+
+maxLength bounds every string so a constrained reply always finishes inside max_tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+
+class Reply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def dialog_reply(max_chars: int) -> type[Reply]:
+    """The assistant's acknowledgement of the control, a user stimulus, and a reply showing the behaviour."""
+    text = (str, Field(min_length=1, max_length=max_chars))
+    return create_model("DialogReply", __base__=Reply, control_model=text, stimulus_user=text, stimulus_model=text)
+
+
+def answers_reply(n: int, max_chars: int) -> type[Reply]:
+    """Exactly n answers, one per question, in order."""
+    answers = (list[str], Field(min_length=n, max_length=n))
+    model = create_model("AnswersReply", __base__=Reply, answers=answers)
+    model.__max_chars__ = max_chars
+    return model
+
+
+def json_schema(model: type[Reply]) -> dict[str, Any]:
+    """The model's JSON schema with item string bounds filled in (pydantic leaves list items unbounded)."""
+    schema = model.model_json_schema()
+    max_chars = getattr(model, "__max_chars__", None)
+    if max_chars is not None:
+        for prop in schema.get("properties", {}).values():
+            if prop.get("type") == "array":
+                prop["items"] = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    return schema
+
+
+def validate_reply(model: type[Reply], text: str) -> Reply:
+    """Parse and validate a reply; raises pydantic.ValidationError naming the bad field."""
+    reply = model.model_validate_json(text)
+    max_chars = getattr(model, "__max_chars__", None)
+    if max_chars is not None:
+        for value in reply.model_dump().values():
+            if isinstance(value, list) and any(not s.strip() or len(s) > max_chars for s in value):
+                raise ValueError(f"an answer is empty or longer than {max_chars} characters")
+    return reply

@@ -1,0 +1,168 @@
+"""Store: stage directories under one root, named by fingerprint, finished when manifest.json exists.
+
+A stage writes into <root>/<stage>/<fp12>.partial/, renames every file into place only once complete,
+writes manifest.json last and then renames the directory to <root>/<stage>/<fp12>/ (PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from storage.fingerprint import FP_CHARS, file_sha256
+from storage.manifest import FileEntry, InputRef, Manifest
+
+MANIFEST = "manifest.json"
+PARTIAL = ".partial"
+TMP = ".tmp"
+
+
+class StoreError(RuntimeError):
+    """A store directory is not what PROTOCOL.md says it should be."""
+
+
+def is_stage_dir(path: Path) -> bool:
+    """A finished stage directory: <root>/<stage>/<fp12>/ holding manifest.json."""
+    return path.is_dir() and not path.name.endswith(PARTIAL) and (path / MANIFEST).is_file()
+
+
+def read_manifest(stage_dir: Path) -> Manifest:
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{stage_dir} has no {MANIFEST}: it is not a finished stage directory (rerun the stage)")
+    return Manifest.model_validate_json(path.read_text())
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    tmp = path.with_name(path.name + TMP)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class Store:
+    """The artifact store rooted at one directory."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def stage_dir(self, stage: str, fp: str) -> Path:
+        return self.root / stage / fp[:FP_CHARS]
+
+    def finished(self, stage: str, fp: str) -> Manifest | None:
+        """The manifest of the finished directory for this fingerprint, or None."""
+        final = self.stage_dir(stage, fp)
+        if not is_stage_dir(final):
+            return None
+        manifest = read_manifest(final)
+        if manifest.fingerprint != fp:
+            raise StoreError(f"{final}: manifest fingerprint {manifest.fingerprint} != expected {fp} (12-char clash?)")
+        return manifest
+
+    def path(self, manifest: Manifest | InputRef, name: str = "") -> Path:
+        """A file of a finished stage directory (asserts the directory is finished)."""
+        stage_dir = self.root / manifest.dir
+        if not is_stage_dir(stage_dir):
+            raise StoreError(f"{stage_dir} is not a finished stage directory; rerun stage {manifest.stage!r}")
+        return stage_dir / name if name else stage_dir
+
+    def manifests(self) -> list[Manifest]:
+        return [read_manifest(p.parent) for p in sorted(self.root.glob(f"*/*/{MANIFEST}")) if is_stage_dir(p.parent)]
+
+    @contextmanager
+    def open_stage(self, stage: str, fp: str) -> Iterator["StageDir"]:
+        """Open <stage>/<fp12>.partial/ for writing, keeping what an earlier killed run finished there."""
+        final = self.stage_dir(stage, fp)
+        partial = final.with_name(final.name + PARTIAL)
+        partial.mkdir(parents=True, exist_ok=True)
+        lock_path = final.with_name(final.name + ".lock")
+        with open(lock_path, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"another process is writing {partial}; wait for it or stop it") from None
+            for stale in partial.rglob(f"*{TMP}"):  # half-written files of a killed run never count
+                stale.unlink()
+            yield StageDir(self, stage, fp, partial, final)
+        lock_path.unlink(missing_ok=True)
+
+
+class StageDir:
+    """A stage directory being written; commit() makes it finished."""
+
+    def __init__(self, store: Store, stage: str, fp: str, partial: Path, final: Path):
+        self.store, self.stage, self.fp = store, stage, fp
+        self.dir, self.final = partial, final
+        self.started = time.monotonic()
+
+    def file(self, name: str) -> Path:
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def finished_files(self, pattern: str) -> list[Path]:
+        """Completed files matching a glob; temporaries are never listed."""
+        return sorted(p for p in self.dir.glob(pattern) if p.is_file() and not p.name.endswith(TMP))
+
+    def commit(
+        self,
+        *,
+        version: int,
+        inputs: list[Manifest] = (),
+        config: dict[str, Any] | None = None,
+        counts: dict[str, int] | None = None,
+        summary: dict[str, Any] | None = None,
+        rows: dict[str, int] | None = None,
+        flow_run_id: str | None = None,
+        cache_token: str | None = None,
+    ) -> Manifest:
+        """Hash every file, write manifest.json last, then rename the directory into place."""
+        rows = rows or {}
+        files = [
+            FileEntry(path=rel, bytes=p.stat().st_size, sha256=file_sha256(p), rows=rows.get(rel))
+            for p in sorted(self.dir.rglob("*"))
+            if p.is_file() and (rel := p.relative_to(self.dir).as_posix()) != MANIFEST
+        ]
+        manifest = Manifest(
+            stage=self.stage,
+            version=version,
+            fingerprint=self.fp,
+            dir=self.final.relative_to(self.store.root).as_posix(),
+            inputs=[m.ref() for m in inputs],
+            config=config or {},
+            counts=counts or {},
+            files=files,
+            summary=summary or {},
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            elapsed_s=round(time.monotonic() - self.started, 3),
+            flow_run_id=flow_run_id,
+            cache_token=cache_token,
+        )
+        write_json_atomic(self.dir / MANIFEST, manifest.model_dump(mode="json"))
+        if self.final.exists():  # an unfinished leftover without a manifest; never a finished one
+            if is_stage_dir(self.final):
+                raise StoreError(f"{self.final} is already finished; refusing to overwrite it")
+            shutil.rmtree(self.final)
+        os.replace(self.dir, self.final)
+        return manifest
