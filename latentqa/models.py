@@ -127,3 +127,10 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
             f"cannot locate the transformer blocks of {type(model).__name__}: expected one ModuleList of "
             f"length num_hidden_layers={n_layers}, found {names or 'none'}")
     return candidates[0][1]
+
+
+def check_run(cfg) -> None:
+    """Validate a RunConfig against its model's depth before any stage runs (converts the embedded model once)."""
+    from latentqa.config import check_against_model
+
+    check_against_model(cfg, model_depth(cfg.model.name, cfg.model.revision))

@@ -23,11 +23,11 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
                     " NULL::VARCHAR AS input_fingerprint, NULL::VARCHAR AS input_dir WHERE false")
         con.execute("CREATE VIEW files AS SELECT NULL::VARCHAR AS dir, NULL::VARCHAR AS path WHERE false")
         return con
-    files = [p.as_posix() for p in manifests]
+    listed = ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in manifests)  # views take no parameters
     con.execute(
         "CREATE VIEW manifests AS SELECT stage, fingerprint, dir, created_at, flow_run_id, elapsed_s, counts, "
-        "inputs, files, summary FROM read_json(?, format='auto', union_by_name=true, maximum_object_size=67108864)",
-        [files],
+        f"inputs, files, summary FROM read_json([{listed}], format='auto', union_by_name=true, "
+        "maximum_object_size=67108864)"
     )
     con.execute(
         "CREATE VIEW inputs AS SELECT m.fingerprint, i.stage AS input_stage, i.fingerprint AS input_fingerprint,"

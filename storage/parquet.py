@@ -47,11 +47,16 @@ def activations_schema(d_model: int, act_dtype: str) -> pa.Schema:
     ])
 
 
+def same_columns(a: pa.Schema, b: pa.Schema) -> bool:
+    """Same column names and types in order (nullability is not part of the protocol)."""
+    return [(f.name, f.type) for f in a] == [(f.name, f.type) for f in b]
+
+
 def write_table(path: Path, table: pa.Table | list[dict], schema: pa.Schema) -> int:
     """Write a table atomically (tmp name, renamed when closed); returns the row count."""
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pylist(table, schema=schema)
-    if not table.schema.equals(schema):
+    if not same_columns(table.schema, schema):
         raise ValueError(f"{path.name}: schema {table.schema} does not match PROTOCOL schema {schema}")
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -62,7 +67,7 @@ def read_table(paths: Path | Iterable[Path], schema: pa.Schema | None = None) ->
     paths = [paths] if isinstance(paths, Path) else list(paths)
     tables = [pq.read_table(p, memory_map=True) for p in paths]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    if schema is not None and not table.schema.equals(schema, check_metadata=False):
+    if schema is not None and not same_columns(table.schema, schema):
         raise ValueError(f"{paths}: schema {table.schema} does not match PROTOCOL schema {schema}")
     return table
 

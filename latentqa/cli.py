@@ -1,0 +1,144 @@
+"""`latentqa`: run the pipeline, serve the local endpoint, trace lineage.
+
+  latentqa run [--config FILE] [--set section.field=value ...]
+  latentqa serve [--model NAME] [--port N]
+  latentqa lineage PATH|FINGERPRINT [--root DIR]
+  latentqa prepare-model [--model NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+# Prefect settings for runs started outside the repository root (where prefect.toml is not read).
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+}
+
+
+def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set expects section.field=value, got {item!r}")
+        section, field = key.split(".", 1)
+        raw.setdefault(section, {})[field] = yaml.safe_load(value)
+    return raw
+
+
+def load_run_config(path: Path | None, overrides: list[str]):
+    from latentqa.config import load_config, parse_config
+
+    path = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if not overrides:
+        return load_config(path) if path else parse_config({})
+    raw = yaml.safe_load(path.read_text()) if path else {}
+    return parse_config(_apply_overrides(raw or {}, overrides), source=str(path or "defaults"))
+
+
+def cmd_run(args) -> int:
+    from latentqa.config import ConfigError
+
+    try:
+        cfg = load_run_config(args.config, args.set)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from flows.pipeline import pipeline  # Prefect is imported only by the commands that run flows
+
+    state = pipeline(cfg, return_state=True)
+    if not state.is_completed():
+        print(f"pipeline {state.type.value}: {state.message}", file=sys.stderr)
+        return 1
+    print_summary(cfg.storage.root, state.result())
+    return 0
+
+
+def print_summary(root: Path, final) -> None:
+    from storage.catalog import lineage
+    from storage.store import Store
+
+    store = Store(root)
+    print("\nArtifacts (stage, fingerprint, directory, time):")
+    for row in reversed(lineage(store, final.fingerprint)):
+        manifest = store.finished(row["stage"], row["fingerprint"])
+        print(f"  {row['stage']:<11} {row['fingerprint'][:12]}  {store.root / row['dir']}  {manifest.elapsed_s:.1f}s")
+    print(f"\nMetrics ({store.root / final.dir / 'metrics.parquet'}):")
+    print(f"  {'condition':<10} {'n':>4} {'loss':>7} {'ROUGE-L':>8} {'token F1':>9}")
+    for condition, m in final.summary["metrics"].items():
+        print(f"  {condition:<10} {m['n']:>4} {m['loss']:>7.3f} {m['rouge_l']:>8.3f} {m['token_f1']:>9.3f}")
+
+
+def cmd_lineage(args) -> int:
+    from storage.catalog import lineage
+    from storage.store import Store
+
+    store = Store(args.root)
+    try:
+        rows = lineage(store, args.ref)
+    except LookupError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        run = f"  flow run {row['flow_run_id']}" if row["flow_run_id"] else ""
+        print(f"{'  ' * row['depth']}{row['stage']:<11} {row['fingerprint'][:12]}  {row['dir']}  {row['created_at']}{run}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from latentqa.server import serve
+
+    serve(args.model, args.port, args.max_batch, args.host)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from latentqa.models import resolve_model
+
+    print(resolve_model(args.model))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="latentqa", description="LatentQA as a cached, resumable Prefect pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline (cached stages are skipped)")
+    run.add_argument("--config", type=Path, help=f"YAML run config (default: {DEFAULT_CONFIG} when present)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
+    run.set_defaults(fn=cmd_run)
+    lin = sub.add_parser("lineage", help="print the upstream chain of a stage directory, file or fingerprint")
+    lin.add_argument("ref")
+    lin.add_argument("--root", type=Path, default=Path("runs/demo"))
+    lin.add_argument("--json", action="store_true")
+    lin.set_defaults(fn=cmd_lineage)
+    srv = sub.add_parser("serve", help="serve a model as an OpenAI-compatible endpoint on 127.0.0.1")
+    srv.add_argument("--model", default="smollm2-135m-instruct")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--max-batch", type=int, default=16)
+    srv.set_defaults(fn=cmd_serve)
+    prep = sub.add_parser("prepare-model", help="convert/locate a model and print the folder it loads from")
+    prep.add_argument("--model", default="smollm2-135m-instruct")
+    prep.set_defaults(fn=cmd_prepare)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

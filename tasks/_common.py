@@ -1,0 +1,101 @@
+"""The Prefect edge shared by every stage: cache keys from fingerprints, run ids, artifacts, progress.
+
+The store is the source of truth. A stage's cache key is `<stage>-<fp12>-<token>`: when the store holds a
+finished directory for the fingerprint, the token is the one recorded in its manifest, so Prefect finds the
+result it persisted when that directory was made; when it does not (never made, or deleted), the token is
+fresh, no cached result can match, and the task runs. A cache entry never stands in for files that are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any, Callable
+
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect import get_run_logger
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
+from prefect.transactions import get_transaction
+
+from storage.manifest import Manifest
+from storage.store import Store
+
+_KEY = re.compile(r"^(?P<stage>[a-z_]+)-(?P<fp>[0-9a-f]{12})-(?P<token>[0-9a-z]+)$")
+
+
+def stage_cache_policy(stage: str, fingerprint_of: Callable[[dict[str, Any]], str]) -> CacheKeyFnPolicy:
+    def key_fn(_ctx: TaskRunContext, parameters: dict[str, Any]) -> str:
+        fp = fingerprint_of(parameters)
+        store: Store = parameters["store"]
+        done = store.finished(stage, fp)
+        token = (done.cache_token or "none") if done else uuid.uuid4().hex[:12]
+        return f"{stage}-{fp[:12]}-{token}"
+
+    return CacheKeyFnPolicy(cache_key_fn=key_fn)
+
+
+def cache_token() -> str | None:
+    """The token of the cache key this task run will be stored under (None outside Prefect)."""
+    txn = get_transaction()
+    match = _KEY.match(txn.key) if txn and txn.key else None
+    return match["token"] if match else None
+
+
+def flow_run_id() -> str | None:
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def provenance() -> dict[str, str | None]:
+    """Keyword arguments for StageDir.commit that tie the directory to this Prefect run."""
+    return {"flow_run_id": flow_run_id(), "cache_token": cache_token()}
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a run, the `latentqa` logger outside (CLI, tests calling .fn)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("latentqa")
+
+
+def _in_run() -> bool:
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def artifact_key(stage: str, store: Store) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", store.root.name.lower()).strip("-") or "store"
+    return f"{stage.replace('_', '-')}-{name}"
+
+
+def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = None) -> None:
+    """One markdown and one table artifact per stage, both views of the manifest."""
+    if not _in_run():
+        return
+    key = artifact_key(manifest.stage, store)
+    inputs = "\n".join(f"- {i.stage}: `{i.fingerprint[:12]}` ({i.dir})" for i in manifest.inputs) or "- none"
+    counts = "\n".join(f"| {k} | {v} |" for k, v in sorted(manifest.counts.items()))
+    files = "\n".join(f"| {f.path} | {f.bytes} | {f.rows if f.rows is not None else ''} |" for f in manifest.files)
+    md = (f"# {manifest.stage} `{manifest.fp12}`\n\n"
+          f"Directory: `{store.root / manifest.dir}`  \nFingerprint: `{manifest.fingerprint}`  \n"
+          f"Created: {manifest.created_at} in {manifest.elapsed_s:.1f} s\n\n## Inputs\n{inputs}\n\n"
+          f"## Counts\n| count | value |\n|---|---|\n{counts}\n\n## Files\n| file | bytes | rows |\n|---|---|---|\n{files}\n")
+    create_markdown_artifact(markdown=md, key=key, description=f"{manifest.stage} {manifest.fp12}")
+    table = figures if figures is not None else {**manifest.counts, "elapsed_s": manifest.elapsed_s}
+    create_table_artifact(table=[{"name": k, "value": v} for k, v in table.items()], key=f"{key}-table")
+
+
+class Progress:
+    """A Prefect progress artifact when running under Prefect; a no-op elsewhere."""
+
+    def __init__(self, total: int, description: str):
+        self.total, self.done = max(total, 1), 0
+        self.id = create_progress_artifact(0.0, description=description) if _in_run() else None
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.id is not None:
+            update_progress_artifact(self.id, progress=100.0 * min(self.done, self.total) / self.total)

@@ -1,0 +1,132 @@
+"""synthesize: controls -> dialogs -> description QA pairs, written by an LLM through the openai client.
+
+Reads   catalog/<fp>/controls.parquet
+Writes  synthesize/<fp>/{dialogs,qa,rejected}.parquet + manifest.json   (storage/PROTOCOL.md, "synthesize")
+Resume  every reply is kept in <root>/requests.sqlite as it arrives; a rerun after a kill sends only the
+        requests without a stored reply. With no endpoint.base_url the project's own server is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import task
+
+from latentqa.config import EndpointConfig, SynthesizeConfig
+from latentqa.llm import LLM, Result, read_api_key
+from latentqa.prompts import answers_messages, description_questions, dialog_messages
+from latentqa.schemas import answers_reply, dialog_reply
+from latentqa.server import local_server
+from storage.fingerprint import fingerprint
+from storage.manifest import Manifest
+from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_table
+from storage.requests import RequestCache, request_key
+from storage.store import Store
+from tasks._common import Progress, logger, provenance, publish, stage_cache_policy
+
+STAGE, VERSION = "synthesize", 1
+
+
+def fingerprint_of(p: dict[str, Any]) -> str:
+    endpoint: EndpointConfig = p["endpoint"]
+    return fingerprint(STAGE, VERSION, sections=[p["cfg"], endpoint], inputs=[p["controls"].fingerprint])
+
+
+@contextmanager
+def _endpoint(endpoint: EndpointConfig):
+    if endpoint.base_url:
+        yield endpoint.base_url
+    else:
+        with local_server(endpoint.local_model, endpoint.max_batch) as url:
+            yield url
+
+
+async def _expand(llm: LLM, control: dict, cfg: SynthesizeConfig, params: dict) -> tuple[Result, Result, list[str]]:
+    """Two calls per control: the dialog, then answers to the family's description questions."""
+    questions = description_questions(control["family"], cfg.n_description)
+    dialog = llm.complete(dialog_messages(control["text"], cfg.max_chars), dialog_reply(cfg.max_chars), params)
+    answers = llm.complete(answers_messages(control["text"], questions, cfg.max_chars),
+                           answers_reply(len(questions), cfg.max_chars), params)
+    d, a = await asyncio.gather(dialog, answers)
+    return d, a, questions
+
+
+def _rows(control: dict, d: Result, a: Result, questions: list[str]) -> tuple[list, list, list]:
+    label = control["label"]
+    rejected = [{"item_id": label, "label": label, "step": step, "reason": r.reason, "detail": r.detail}
+                for step, r in (("dialog", d), ("answers", a)) if not r.ok]
+    if rejected:
+        return [], [], rejected
+    dialog_id = f"{label}:d0"
+    meta = {"label": label, "family": control["family"], "category": control["category"]}
+    dialog = {"dialog_id": dialog_id, **meta, "control_user": control["text"], **d.reply.model_dump()}
+    qa = [{"qa_id": f"{dialog_id}:q{i}", "dialog_id": dialog_id, **meta, "kind": "description",
+           "question": q, "answer": ans.strip()} for i, (q, ans) in enumerate(zip(questions, a.reply.answers))]
+    return [dialog], qa, []
+
+
+async def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progress: Progress):
+    params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+
+    async def one(control):
+        out = await _expand(llm, control, cfg, params)
+        progress.advance()
+        return out
+
+    try:
+        return await asyncio.gather(*(one(c) for c in controls))
+    finally:
+        await llm.close()
+
+
+@task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
+def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manifest, store: Store) -> Manifest:
+    """Expand every control into one dialog and its QA pairs; failures are kept with their reason."""
+    fp = fingerprint_of({"cfg": cfg, "endpoint": endpoint, "controls": controls})
+    if done := store.finished(STAGE, fp):
+        return done
+    rows = read_table(store.path(controls, "controls.parquet"), CONTROLS).to_pylist()
+    cache = RequestCache(store.root / "requests.sqlite")
+    with store.open_stage(STAGE, fp) as out, _endpoint(endpoint) as base_url:
+        llm = LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
+        results = asyncio.run(_run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded")))
+        dialogs, qa, rejected = [], [], []
+        for control, (d, a, questions) in zip(rows, results):
+            for acc, new in zip((dialogs, qa, rejected), _rows(control, d, a, questions)):
+                acc.extend(new)
+        _check_failures(len(rows), rejected, cfg.max_fail_fraction)
+        n = {name: write_table(out.file(name), data, schema) for name, data, schema in
+             (("dialogs.parquet", dialogs, DIALOGS), ("qa.parquet", qa, QA), ("rejected.parquet", rejected, REJECTED))}
+        sent = sum(r.sent for res in results for r in res[:2])
+        cached = sum(r.cached for res in results for r in res[:2])
+        counts = {"n_controls": len(rows), "n_dialogs": n["dialogs.parquet"], "n_qa": n["qa.parquet"],
+                  "requests_sent": sent, "requests_cached": cached,
+                  **_reason_counts(rejected)}
+        manifest = out.commit(version=VERSION, inputs=[controls], rows=n, counts=counts,
+                              config={"synthesize": cfg.model_dump(mode="json"),
+                                      "endpoint": endpoint.model_dump(mode="json", exclude={"base_url"})},
+                              summary={"model_id": endpoint.served_model, "local_endpoint": not endpoint.base_url},
+                              **provenance())
+    cache.close()
+    logger().info("synthesize: %d dialogs, %d QA pairs, %d failed controls (%d sent, %d cached)",
+                          n["dialogs.parquet"], n["qa.parquet"], len({r["label"] for r in rejected}), sent, cached)
+    publish(manifest, store)
+    return manifest
+
+
+def _reason_counts(rejected: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejected:
+        key = f"failed_{r['step']}_{r['reason']}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _check_failures(n_controls: int, rejected: list[dict], limit: float) -> None:
+    failed = len({r["label"] for r in rejected})
+    if n_controls and failed / n_controls > limit:
+        reasons = _reason_counts(rejected)
+        raise RuntimeError(f"synthesize: {failed}/{n_controls} controls failed ({reasons}), above "
+                           f"synthesize.max_fail_fraction={limit}; replies so far are kept in requests.sqlite")
