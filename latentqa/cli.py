@@ -73,7 +73,7 @@ def print_summary(root: Path, final) -> None:
 
     store = Store(root)
     print("\nArtifacts (stage, fingerprint, directory, time):")
-    for row in reversed(lineage(store, final.fingerprint)):
+    for row in sorted(lineage(store, final.fingerprint), key=lambda r: str(r["created_at"])):
         manifest = store.finished(row["stage"], row["fingerprint"])
         print(f"  {row['stage']:<11} {row['fingerprint'][:12]}  {store.root / row['dir']}  {manifest.elapsed_s:.1f}s")
     print(f"\nMetrics ({store.root / final.dir / 'metrics.parquet'}):")

@@ -75,6 +75,8 @@ class SynthesizeConfig(Section):
     n_description: int = Field(3, ge=1, description="description questions per control")
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    frequency_penalty: float = Field(0.0, ge=0, le=2, description="discourages loops; the local server maps it "
+                                     "to transformers' repetition_penalty = 1 + value")
     seed: int = 0
     max_tokens: int = Field(320, gt=0)
     max_chars: int = Field(160, gt=10, description="maxLength of each generated string")

@@ -16,7 +16,7 @@ import torch
 
 from latentqa.dialogs import encode, render
 from latentqa.models import find_blocks
-from latentqa.patching import PatchSpec
+from latentqa.patching import PatchSpec, patched_block
 
 PROMPT_FORMAT = 1  # bump when the decoder prompt changes: adapters trained on another format do not transfer
 ACK = "Sure, I can answer questions about what I just read."
@@ -87,6 +87,14 @@ def collate(examples: list[DecoderExample], acts: list[np.ndarray | torch.Tensor
     spec = PatchSpec(torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device), vectors.to(device),
                      seq_len=width, norm_match=norm_match)
     return Batch(ids.to(device), mask.to(device), positions.to(device), labels.to(device), spec)
+
+
+def batch_loss(decoder, batch: Batch, write_layer: int) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens with the batch's activations patched into block W."""
+    with patched_block(write_block(decoder, write_layer), batch.patch):
+        out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids, labels=batch.labels)
+    return out.loss
 
 
 def make_decoder(model, r: int, alpha: int, dropout: float, target_modules: list[str], seed: int = 0):

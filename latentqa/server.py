@@ -34,12 +34,13 @@ class _Job:
     max_tokens: int
     temperature: float
     top_p: float
+    repetition_penalty: float
     seed: int | None
     future: Future = field(default_factory=Future)
 
     @property
     def group(self) -> tuple:
-        return (self.temperature, self.top_p, self.schema is not None or self.json_mode)
+        return (self.temperature, self.top_p, self.repetition_penalty, self.schema is not None or self.json_mode)
 
 
 class Generator:
@@ -58,9 +59,9 @@ class Generator:
         threading.Thread(target=self._loop, daemon=True).start()
 
     def submit(self, messages: list[dict], schema: dict | None, json_mode: bool, max_tokens: int,
-               temperature: float, top_p: float, seed: int | None) -> Future:
+               temperature: float, top_p: float, repetition_penalty: float, seed: int | None) -> Future:
         ids = encode(self.tokenizer, render(self.tokenizer, messages, add_generation_prompt=True))
-        job = _Job(ids, schema, json_mode, max_tokens, temperature, top_p, seed)
+        job = _Job(ids, schema, json_mode, max_tokens, temperature, top_p, repetition_penalty, seed)
         self.jobs.put(job)
         return job.future
 
@@ -107,7 +108,9 @@ class Generator:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
         else:
             kwargs.update(do_sample=False)
-        if first.group[2]:
+        if first.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = first.repetition_penalty
+        if first.group[3]:
             kwargs["logits_processor"] = [LogitsProcessor([self._grammar(j) for j in batch])]
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         results = []
@@ -142,7 +145,8 @@ def make_app(generator: Generator, model_name: str):
         schema = fmt.get("json_schema", {}).get("schema") if fmt.get("type") == "json_schema" else None
         future = generator.submit(
             body["messages"], schema, fmt.get("type") == "json_object", int(body.get("max_tokens") or 256),
-            float(body.get("temperature", 1.0) or 0.0), float(body.get("top_p", 1.0) or 1.0), body.get("seed"))
+            float(body.get("temperature", 1.0) or 0.0), float(body.get("top_p", 1.0) or 1.0),
+            1.0 + float(body.get("frequency_penalty") or 0.0), body.get("seed"))
         text, n_prompt, n_new, finish = await asyncio.wrap_future(future)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),

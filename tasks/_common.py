@@ -20,7 +20,9 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.transactions import get_transaction
 
+from latentqa.decoder import encode_example
 from storage.manifest import Manifest
+from storage.parquet import SPLIT, ActivationReader, read_table
 from storage.store import Store
 
 _KEY = re.compile(r"^(?P<stage>[a-z_]+)-(?P<fp>[0-9a-f]{12})-(?P<token>[0-9a-z]+)$")
@@ -99,3 +101,13 @@ class Progress:
         self.done += n
         if self.id is not None:
             update_progress_artifact(self.id, progress=100.0 * min(self.done, self.total) / self.total)
+
+
+def load_examples(store: Store, split: Manifest, acts: Manifest, name: str, tokenizer, ph_id: int):
+    """(rows, decoder examples, activation views) for one split file; views share the Parquet buffers."""
+    rows = read_table(store.path(split, name), SPLIT).to_pylist()
+    reader = ActivationReader(store.path(acts, f.path) for f in acts.files_matching("part-"))
+    layer = acts.summary["layers"][0]
+    views = [reader.acts(r["dialog_id"], layer) for r in rows]
+    examples = [encode_example(tokenizer, len(v), r["question"], r["answer"], ph_id) for r, v in zip(rows, views)]
+    return rows, examples, views

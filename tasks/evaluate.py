@@ -17,7 +17,7 @@ import torch
 from prefect import task
 
 from latentqa.config import EvaluateConfig, ModelConfig
-from latentqa.decoder import DecoderInfo, collate, encode_example
+from latentqa.decoder import DecoderInfo, batch_loss, collate, encode_example
 from latentqa.generate import answer
 from latentqa.metrics import rouge_l, token_f1
 from latentqa.models import load_model
@@ -25,8 +25,7 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import METRICS, write_table
 from storage.store import Store
-from tasks._common import logger, provenance, publish, stage_cache_policy
-from tasks.train import batch_loss, load_examples
+from tasks._common import load_examples, logger, provenance, publish, stage_cache_policy
 
 STAGE, VERSION = "evaluate", 1
 
@@ -47,12 +46,27 @@ def shuffled_sources(dialog_ids: list[str], seed: int) -> dict[str, str]:
 
 
 @torch.no_grad()
-def _mean_loss(decoder, examples, views, pad_id, device, write_layer, batch_size) -> float:
-    losses = []
-    for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i: i + batch_size], views[i: i + batch_size], pad_id, device)
-        losses.append(float(batch_loss(decoder, batch, write_layer)))
-    return sum(losses) / len(losses)
+def _score(net, loaded, info: DecoderInfo, rows: list[dict], acts_list: list, cfg: EvaluateConfig, condition: str):
+    """Metric rows and their means for one condition: greedy answers plus teacher-forced answer loss."""
+    tok, step = loaded.tokenizer, cfg.batch_size
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    generated, losses = [], []
+    for i in range(0, len(rows), step):
+        chunk, acts = rows[i: i + step], acts_list[i: i + step]
+        generated += answer(net, tok, acts, [r["question"] for r in chunk], info.placeholder_id, info.write_layer,
+                            cfg.max_new_tokens)
+        # another dialog's activations have another length: the prompt is rebuilt around them
+        examples = [encode_example(tok, len(a), r["question"], r["answer"], info.placeholder_id)
+                    for r, a in zip(chunk, acts)]
+        losses.append(float(batch_loss(net, collate(examples, acts, pad_id, loaded.device), info.write_layer)))
+    metrics = [{"qa_id": r["qa_id"], "dialog_id": r["dialog_id"], "label": r["label"], "condition": condition,
+                "question": r["question"], "reference": r["answer"], "generated": g,
+                "rouge_l": rouge_l(g, r["answer"]), "token_f1": token_f1(g, r["answer"])} for r, g in zip(rows, generated)]
+    n = max(len(metrics), 1)
+    means = {"n": len(metrics), "loss": round(sum(losses) / max(len(losses), 1), 4),
+             "rouge_l": round(sum(m["rouge_l"] for m in metrics) / n, 4),
+             "token_f1": round(sum(m["token_f1"] for m in metrics) / n, 4)}
+    return metrics, means
 
 
 @task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
@@ -64,37 +78,20 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
     fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts})
     if done := store.finished(STAGE, fp):
         return done
-    info = DecoderInfo.load(store.path(decoder, "decoder.json"))
-    loaded = load_model(model.name, model.revision, model.dtype, model.device)
-    net = PeftModel.from_pretrained(loaded.model, store.path(decoder, "adapter")).eval()
-    rows, _examples, views = load_examples(store, split, acts, "eval.parquet", loaded.tokenizer, info.placeholder_id)
-    rows, views = rows[: cfg.max_examples], views[: cfg.max_examples]
-    view_of = {r["dialog_id"]: v for r, v in zip(rows, views)}
-    others = shuffled_sources([r["dialog_id"] for r in rows], cfg.seed)
-    conditions = {"true": views}
-    if others:
-        conditions["shuffled"] = [view_of[others[r["dialog_id"]]] for r in rows]
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
-    metrics, summary = [], {}
-    for condition, acts_list in conditions.items():
-        generated = []
-        for i in range(0, len(rows), cfg.batch_size):
-            generated += answer(net, loaded.tokenizer, acts_list[i: i + cfg.batch_size],
-                                [r["question"] for r in rows[i: i + cfg.batch_size]], info.placeholder_id,
-                                info.write_layer, cfg.max_new_tokens)
-        # another dialog's activations have another length: the prompt is rebuilt around them
-        cond_examples = [encode_example(loaded.tokenizer, len(a), r["question"], r["answer"], info.placeholder_id)
-                         for r, a in zip(rows, acts_list)]
-        loss = _mean_loss(net, cond_examples, acts_list, pad_id, loaded.device, info.write_layer, cfg.batch_size)
-        for r, g in zip(rows, generated):
-            metrics.append({"qa_id": r["qa_id"], "dialog_id": r["dialog_id"], "label": r["label"],
-                            "condition": condition, "question": r["question"], "reference": r["answer"],
-                            "generated": g, "rouge_l": rouge_l(g, r["answer"]), "token_f1": token_f1(g, r["answer"])})
-        scored = [m for m in metrics if m["condition"] == condition]
-        summary[condition] = {"n": len(scored), "loss": round(loss, 4),
-                              "rouge_l": round(sum(m["rouge_l"] for m in scored) / max(len(scored), 1), 4),
-                              "token_f1": round(sum(m["token_f1"] for m in scored) / max(len(scored), 1), 4)}
     with store.open_stage(STAGE, fp) as out:
+        info = DecoderInfo.load(store.path(decoder, "decoder.json"))
+        loaded = load_model(model.name, model.revision, model.dtype, model.device)
+        net = PeftModel.from_pretrained(loaded.model, store.path(decoder, "adapter")).eval()
+        rows, _, views = load_examples(store, split, acts, "eval.parquet", loaded.tokenizer, info.placeholder_id)
+        rows, views = rows[: cfg.max_examples], views[: cfg.max_examples]
+        conditions = {"true": views}
+        if others := shuffled_sources([r["dialog_id"] for r in rows], cfg.seed):
+            view_of = {r["dialog_id"]: v for r, v in zip(rows, views)}
+            conditions["shuffled"] = [view_of[others[r["dialog_id"]]] for r in rows]
+        metrics, summary = [], {}
+        for condition, acts_list in conditions.items():
+            rows_c, summary[condition] = _score(net, loaded, info, rows, acts_list, cfg, condition)
+            metrics += rows_c
         n = write_table(out.file("metrics.parquet"), metrics, METRICS)
         out.file("report.md").write_text(report(summary, metrics))
         manifest = out.commit(version=VERSION, inputs=[decoder, split, acts], rows={"metrics.parquet": n},

@@ -90,12 +90,12 @@ def extract(cfg: ExtractConfig, model: ModelConfig, dialogs: Manifest, store: St
         return done
     rows = sorted(read_table(store.path(dialogs, "dialogs.parquet"), DIALOGS).to_pylist(), key=lambda r: r["dialog_id"])
     labels = {r["dialog_id"]: r["label"] for r in rows}
-    loaded = load_model(model.name, model.revision, model.dtype, model.device)
-    encoded, rejected = _encode_all(loaded.tokenizer, rows, cfg)
-    kept = [r["dialog_id"] for r in rows if r["dialog_id"] in encoded]
-    parts = [kept[i: i + cfg.dialogs_per_part] for i in range(0, len(kept), cfg.dialogs_per_part)]
-    d_model = loaded.model.config.hidden_size
     with store.open_stage(STAGE, fp) as out:
+        loaded = load_model(model.name, model.revision, model.dtype, model.device)
+        encoded, rejected = _encode_all(loaded.tokenizer, rows, cfg)
+        kept = [r["dialog_id"] for r in rows if r["dialog_id"] in encoded]
+        parts = [kept[i: i + cfg.dialogs_per_part] for i in range(0, len(kept), cfg.dialogs_per_part)]
+        d_model = loaded.model.config.hidden_size
         todo = [k for k in range(len(parts)) if not out.finished_files(f"part-{k:05d}.parquet")]
         progress, started, n_tokens = Progress(len(kept), "extract: dialogs read"), time.monotonic(), 0
         progress.advance(sum(len(parts[k]) for k in range(len(parts)) if k not in todo))

@@ -69,6 +69,8 @@ def _rows(control: dict, d: Result, a: Result, questions: list[str]) -> tuple[li
 
 async def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progress: Progress):
     params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+    if cfg.frequency_penalty:
+        params["frequency_penalty"] = cfg.frequency_penalty
 
     async def one(control):
         out = await _expand(llm, control, cfg, params)

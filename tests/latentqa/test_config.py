@@ -1,0 +1,52 @@
+"""A bad config fails before any work, with a message that names the field."""
+
+from pathlib import Path
+
+import pytest
+
+from latentqa.config import ConfigError, RunConfig, check_against_model, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, field", [
+    ("train:\n  learning_rate: 0.1\n", "train.learning_rate"),          # unknown field
+    ("synthesize:\n  n_description: -1\n", "synthesize.n_description"),  # negative size
+    ("catalog:\n  paths: [missing.yaml]\n", "catalog.paths"),              # missing file
+    ("extract:\n  variant: bogus\n", "extract.variant"),
+    ("endpoint:\n  concurrency: 0\n", "endpoint.concurrency"),
+])
+def test_bad_field_is_named(tmp_path, text, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    assert field in str(err.value)
+
+
+def test_layer_beyond_depth_is_named():
+    cfg = RunConfig.model_validate({"extract": {"read_layer": 30}})
+    with pytest.raises(ConfigError, match=r"extract.read_layer=30 is beyond the model's depth.*30 blocks"):
+        check_against_model(cfg, n_layers=30)
+    check_against_model(RunConfig(), n_layers=30)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "llama3-8b.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.train.write_layer == 0 and cfg.extract.read_layer == 15
+
+
+def test_config_is_frozen():
+    cfg = RunConfig()
+    with pytest.raises(Exception):
+        cfg.train.lr = 1.0

@@ -1,0 +1,58 @@
+"""Decoder prompt, loss mask and adapter: the mechanism LatentQA's training depends on."""
+
+import torch
+
+from latentqa.decoder import IGNORE, batch_loss, collate, encode_example, make_decoder, placeholder_id
+
+
+def test_loss_mask_covers_exactly_the_answer(tokenizer):
+    ph = placeholder_id(tokenizer, "?")
+    answer = "A pirate who loves treasure."
+    ex = encode_example(tokenizer, 4, "What persona is the assistant adopting?", answer, ph)
+    supervised = [t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE]
+    assert ex.labels[: len(ex.input_ids) - len(supervised)] == [IGNORE] * (len(ex.input_ids) - len(supervised))
+    assert tokenizer.decode(supervised).strip() == answer + "<|im_end|>"
+    assert ex.input_ids[ex.act_start: ex.act_start + 4] == [ph] * 4
+
+
+def test_placeholder_must_be_one_token(tokenizer):
+    try:
+        placeholder_id(tokenizer, "<acts>")
+    except ValueError as err:
+        assert "train.placeholder" in str(err)
+    else:
+        raise AssertionError("a multi-token placeholder was accepted")
+
+
+def _step_batch(tiny):
+    ph = placeholder_id(tiny.tokenizer, "?")
+    acts = [torch.randn(3, tiny.model.config.hidden_size), torch.randn(6, tiny.model.config.hidden_size)]
+    examples = [encode_example(tiny.tokenizer, len(a), "Who?", "A pirate.", ph) for a in acts]
+    return collate(examples, acts, tiny.tokenizer.pad_token_id, torch.device("cpu"))
+
+
+def test_one_step_changes_only_adapter_weights(tiny):
+    decoder = make_decoder(tiny.model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    before = {n: p.detach().clone() for n, p in decoder.named_parameters()}
+    trainable = {n for n, p in decoder.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    opt = torch.optim.AdamW([p for p in decoder.parameters() if p.requires_grad], lr=1e-2)
+    batch_loss(decoder, _step_batch(tiny), 0).backward()
+    opt.step()
+    changed = {n for n, p in decoder.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+    assert any("lora_A" in n for n in changed)
+
+
+def test_adapter_off_restores_base_logits(tiny):
+    batch = _step_batch(tiny)
+    base = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    decoder = make_decoder(tiny.model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    for n, p in decoder.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p)  # lora_B starts at zero; make the adapter matter
+    on = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    with decoder.disable_adapter():
+        off = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert not torch.allclose(on, base)
+    torch.testing.assert_close(off, base)

@@ -1,0 +1,70 @@
+"""Store: the completion rule of PROTOCOL.md, and manifest fields that match the document exactly."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from storage.manifest import Manifest
+from storage.store import StoreError, is_stage_dir
+
+PROTOCOL = Path(__file__).resolve().parents[2] / "storage" / "PROTOCOL.md"
+
+
+def _commit(store, fp="a" * 64, payload=b"data"):
+    with store.open_stage("extract", fp) as out:
+        out.file("part-00000.parquet").write_bytes(payload)
+        return out.commit(version=1, counts={"n": 1})
+
+
+def test_commit_renames_partial_and_lists_files(tmp_store):
+    manifest = _commit(tmp_store)
+    final = tmp_store.root / "extract" / ("a" * 12)
+    assert is_stage_dir(final) and not final.with_name(final.name + ".partial").exists()
+    assert [f.path for f in manifest.files] == ["part-00000.parquet"]
+    assert manifest.files[0].bytes == 4
+    assert tmp_store.finished("extract", "a" * 64) == manifest
+
+
+def test_directory_without_manifest_is_not_finished(tmp_store):
+    with pytest.raises(RuntimeError):
+        with tmp_store.open_stage("extract", "b" * 64) as out:
+            out.file("part-00000.parquet").write_bytes(b"x")
+            raise RuntimeError("killed")
+    assert tmp_store.finished("extract", "b" * 64) is None
+    partial = tmp_store.root / "extract" / ("b" * 12 + ".partial")
+    assert partial.is_dir() and not (partial / "manifest.json").exists()
+
+
+def test_tmp_files_never_count(tmp_store):
+    partial = tmp_store.root / "extract" / ("c" * 12 + ".partial")
+    partial.mkdir(parents=True)
+    (partial / "part-00001.parquet.tmp").write_bytes(b"half")
+    with tmp_store.open_stage("extract", "c" * 64) as out:
+        assert out.finished_files("part-*") == []
+        manifest = out.commit(version=1)
+    assert manifest.files == []
+
+
+def test_second_writer_is_refused(tmp_store):
+    with tmp_store.open_stage("train", "d" * 64):
+        with pytest.raises(StoreError, match="another process"):
+            with tmp_store.open_stage("train", "d" * 64):
+                pass
+
+
+def test_reading_an_unfinished_directory_fails_loudly(tmp_store):
+    manifest = _commit(tmp_store)
+    (tmp_store.root / manifest.dir / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="not a finished stage directory"):
+        tmp_store.path(manifest, "part-00000.parquet")
+
+
+def test_manifest_fields_match_protocol(tmp_store):
+    table = PROTOCOL.read_text().split("## Manifest", 1)[1].split("##", 1)[0]
+    documented = re.findall(r"^\| (\w+) \|", table, flags=re.M)
+    documented = [f for f in documented if f != "field"]
+    written = json.loads((tmp_store.root / _commit(tmp_store).dir / "manifest.json").read_text())
+    assert sorted(written) == sorted(documented), "manifest.json keys differ from storage/PROTOCOL.md, 'Manifest'"
+    assert sorted(Manifest.model_fields) == sorted(documented)

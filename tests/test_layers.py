@@ -1,0 +1,37 @@
+"""The four layers import one way: latentqa and storage never import Prefect or each other's upper layers."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(package: str, skip: tuple[str, ...] = (), top_level_only: bool = False) -> set[str]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        if path.name in skip:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in (tree.body if top_level_only else ast.walk(tree)):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_importing_latentqa_leaves_prefect_out():
+    code = ("import sys, latentqa, latentqa.config, latentqa.models, latentqa.reading, latentqa.patching, "
+            "latentqa.decoder, latentqa.llm, latentqa.server, latentqa.dialogs; print('prefect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_import_direction():
+    # cli.py is the entry point: it reaches flows and storage only inside the commands that need them
+    assert not {"storage", "tasks", "flows", "prefect"} & _imports("latentqa", skip=("cli.py",))
+    assert not {"storage", "tasks", "flows", "prefect"} & _imports("latentqa", top_level_only=True)
+    assert not {"latentqa", "tasks", "flows", "prefect"} & _imports("storage")
+    assert "flows" not in _imports("tasks")
