@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import openai
@@ -46,19 +46,12 @@ class Result:
     reply: Reply | None
     reason: str = "ok"
     detail: str = ""
-    sent: int = 0  # HTTP requests actually sent (cache hits send none)
+    sent: int = 0  # HTTP requests actually sent, retries included (cache hits send none)
     cached: int = 0
 
     @property
     def ok(self) -> bool:
         return self.reply is not None
-
-
-@dataclass
-class Stats:
-    sent: int = 0
-    cached: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
 
 
 class LLM:
@@ -96,8 +89,8 @@ class LLM:
             key = self.key_fn(body)
             text = self.cache.get(key)
             if text is None:
-                text, reason, detail = await self._send(body)
-                result.sent += 1
+                text, reason, detail, attempts = await self._send(body)
+                result.sent += attempts
                 if text is None:
                     result.reason, result.detail = reason, detail
                     return result
@@ -109,35 +102,35 @@ class LLM:
                 result.reason, result.detail = "ok", ""
                 return result
             except (ValidationError, ValueError) as err:
-                error = str(err).splitlines()[0] if isinstance(err, ValueError) else _short(err)
+                error = _short(err) if isinstance(err, ValidationError) else str(err).splitlines()[0]
                 result.reason, result.detail = "schema_invalid", f"{error} | reply: {text[:200]}"
                 messages = [*messages, {"role": "assistant", "content": text},
                             {"role": "user", "content": RETRY.format(error=error)}]
         return result
 
-    async def _send(self, body: dict[str, Any]) -> tuple[str | None, str, str]:
-        """(content, reason, detail); retries transient failures only."""
+    async def _send(self, body: dict[str, Any]) -> tuple[str | None, str, str, int]:
+        """(content, reason, detail, HTTP attempts); retries transient failures only."""
         reason, detail = "unknown", ""
         for attempt in range(self.cfg.max_retries + 1):
             wait = None
             try:
                 async with self.semaphore:
                     response = await self.client.chat.completions.create(**body)
-                return response.choices[0].message.content or "", "ok", ""
+                return response.choices[0].message.content or "", "ok", "", attempt + 1
             except openai.APITimeoutError as err:
                 reason, detail = "timeout", str(err)
             except openai.RateLimitError as err:
                 reason, detail, wait = "http_429", str(err)[:200], _retry_after(err)
             except openai.APIStatusError as err:
                 if err.status_code < 500:
-                    return None, f"http_{err.status_code}", str(err)[:200]
+                    return None, f"http_{err.status_code}", str(err)[:200], attempt + 1
                 reason, detail, wait = "http_5xx", str(err)[:200], _retry_after(err)
             except openai.APIConnectionError as err:
                 reason, detail = "connection", str(err)[:200]
             if attempt < self.cfg.max_retries:
                 delay = wait if wait is not None else self.backoff_s * 2 ** attempt
                 await asyncio.sleep(delay * (1 + 0.25 * random.random()))
-        return None, reason, detail
+        return None, reason, detail, self.cfg.max_retries + 1
 
 
 def _retry_after(err: openai.APIStatusError) -> float | None:

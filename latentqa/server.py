@@ -68,8 +68,9 @@ class Generator:
     def _grammar(self, job: _Job):
         key = json.dumps(job.schema, sort_keys=True) if job.schema is not None else "json"
         if key not in self._grammars:
-            self._grammars[key] = (self.compiler.compile_json_schema(key) if job.schema is not None
-                                   else self.compiler.compile_builtin_json_grammar())
+            # compact JSON only: free whitespace lets a weak model pad a reply past max_tokens
+            self._grammars[key] = (self.compiler.compile_json_schema(key, any_whitespace=False)
+                                   if job.schema is not None else self.compiler.compile_builtin_json_grammar())
         return self._grammars[key]
 
     def _loop(self) -> None:

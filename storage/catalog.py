@@ -25,7 +25,8 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         return con
     listed = ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in manifests)  # views take no parameters
     con.execute(
-        "CREATE VIEW manifests AS SELECT stage, fingerprint, dir, created_at, flow_run_id, elapsed_s, counts, "
+        "CREATE VIEW manifests AS SELECT stage, fingerprint, dir, created_at::VARCHAR AS created_at, "
+        "flow_run_id::VARCHAR AS flow_run_id, elapsed_s, counts, "
         f"inputs, files, summary FROM read_json([{listed}], format='auto', union_by_name=true, "
         "maximum_object_size=67108864)"
     )

@@ -51,10 +51,10 @@ def _fit(decoder, examples, views, cfg: TrainConfig, pad_id: int, device) -> lis
                 continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            curves.append({"step": len(curves) + 1, "epoch": epoch, "loss": float(loss), "lr": cfg.lr})
+            curves.append({"step": len(curves) + 1, "epoch": epoch, "loss": loss.item(), "lr": cfg.lr})
             progress.advance()
             if len(curves) % cfg.log_every == 0:
-                logger().info("train: step %d/%d loss %.4f", len(curves), total, float(loss))
+                logger().info("train: step %d/%d loss %.4f", len(curves), total, loss.item())
             if len(curves) >= total:
                 return curves
     return curves

@@ -1,0 +1,76 @@
+"""A fault-injecting OpenAI-compatible server on 127.0.0.1 for client tests.
+
+The last user message picks the behaviour: it may contain `fault=<kind>x<n>`, and the first n requests with
+that message get the fault (429 with Retry-After, 500, a hang past the client's timeout, text that is not
+JSON, JSON that fails the schema); later ones get `reply` (valid JSON for the test's schema).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultServer:
+    def __init__(self, reply: dict, hang_s: float = 2.0):
+        self.reply, self.hang_s = reply, hang_s
+        self.seen: dict[str, int] = {}
+        self.requests = 0
+        self.auth_headers: list[str] = []
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body, headers=()):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                message = body["messages"][-1]["content"]
+                with server._lock:
+                    server.requests += 1
+                    server.auth_headers.append(self.headers.get("Authorization", ""))
+                    key = json.dumps(body["messages"][:2])
+                    n = server.seen[key] = server.seen.get(key, 0) + 1
+                first = body["messages"][1]["content"] if len(body["messages"]) > 1 else message
+                match = re.search(r"fault=(\w+)x(\d+)", first)
+                kind = match[1] if match and n <= int(match[2]) else "ok"
+                if kind == "http429":
+                    return self._send(429, {"error": {"message": "slow down"}}, [("Retry-After", "0")])
+                if kind == "http500":
+                    return self._send(500, {"error": {"message": "boom"}})
+                if kind == "hang":
+                    time.sleep(server.hang_s)
+                content = {"notjson": "this is not json {", "badschema": json.dumps({"wrong": 1})}.get(
+                    kind, json.dumps(server.reply))
+                self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": content}}],
+                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+        return Handler

@@ -1,0 +1,90 @@
+"""The whole flow on the tiny model under a Prefect test server: cached reruns, precise invalidation, lineage."""
+
+import shutil
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.pipeline import pipeline
+from latentqa.config import RunConfig
+from storage.catalog import lineage
+from storage.store import Store
+
+pytestmark = pytest.mark.slow
+STAGES = {"catalog", "synthesize", "extract", "filter", "train", "evaluate"}
+
+
+def tiny_config(root, model_dir, **train) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": {"name": str(model_dir)},
+        "endpoint": {"local_model": str(model_dir), "max_batch": 8},
+        "catalog": {"n_controls": 8},
+        "synthesize": {"n_description": 2, "max_chars": 24, "max_tokens": 96, "max_fail_fraction": 0.9},
+        "extract": {"read_layer": 2, "dialogs_per_part": 3},
+        "filter": {"min_answer_chars": 1},
+        "train": {"lora_r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "batch_size": 4, **train},
+        "evaluate": {"max_new_tokens": 4},
+        "storage": {"root": str(root)},
+    })
+
+
+def task_states(state) -> dict[str, str]:
+    """{task name: final state name} of one flow run, read back through the Prefect API."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}  # run names are "<task>-<suffix>"
+
+
+def run(cfg):
+    state = pipeline(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    return state, task_states(state)
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tiny_model_dir, tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("store"), tiny_model_dir)
+    state, states = run(cfg)
+    return cfg, state, states
+
+
+def test_first_run_completes_every_stage(first_run):
+    cfg, state, states = first_run
+    assert set(states) == STAGES and set(states.values()) == {"Completed"}
+    final = state.result()
+    assert set(final.summary["metrics"]) == {"true", "shuffled"}
+    assert (Store(cfg.storage.root).path(final, "metrics.parquet")).is_file()
+
+
+def test_second_run_is_all_cached(first_run):
+    cfg, _, _ = first_run
+    _, states = run(cfg)
+    assert states == {s: "Cached" for s in STAGES}
+
+
+def test_changing_a_training_setting_reruns_only_train_and_evaluate(first_run, tiny_model_dir):
+    cfg, _, _ = first_run
+    _, states = run(tiny_config(cfg.storage.root, tiny_model_dir, lr=5e-4))
+    assert {s for s, name in states.items() if name != "Cached"} == {"train", "evaluate"}
+
+
+def test_deleted_stage_directory_runs_again(first_run):
+    cfg, state, _ = first_run
+    store = Store(cfg.storage.root)
+    extract_dir = next(m for m in store.manifests() if m.stage == "extract")
+    shutil.rmtree(store.root / extract_dir.dir)
+    _, states = run(cfg)
+    assert states["extract"] == "Completed"  # the Prefect cache did not stand in for missing files
+    assert store.finished("extract", extract_dir.fingerprint) is not None
+    assert {s for s, name in states.items() if name != "Cached"} == {"extract"}
+
+
+def test_lineage_reaches_the_catalog(first_run):
+    cfg, state, _ = first_run
+    store = Store(cfg.storage.root)
+    chain = lineage(store, str(store.path(state.result(), "metrics.parquet")))
+    assert {row["stage"] for row in chain} == STAGES
+    for row in chain:
+        assert store.finished(row["stage"], row["fingerprint"]).dir == row["dir"]
+    assert chain[0]["flow_run_id"] == str(state.state_details.flow_run_id)

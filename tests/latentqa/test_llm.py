@@ -1,0 +1,88 @@
+"""The structured LLM client against real HTTP servers: a fault-injecting one and the project's own."""
+
+import asyncio
+
+import pytest
+
+from latentqa.config import EndpointConfig
+from latentqa.llm import LLM, read_api_key
+from latentqa.schemas import dialog_reply
+from storage.requests import RequestCache, request_key
+from tests.fault_server import FaultServer
+
+REPLY = {"control_model": "Sure.", "stimulus_user": "Hi there!", "stimulus_model": "Arr, hello!"}
+
+
+def _run(server_url, cache, messages_list, **cfg):
+    endpoint = EndpointConfig(base_url=server_url, model_id="m", timeout_s=cfg.pop("timeout_s", 5), **cfg)
+
+    async def go():
+        llm = LLM(endpoint, server_url, read_api_key(endpoint, local=True), cache, request_key, backoff_s=0.01)
+        try:
+            return await asyncio.gather(*(llm.complete(m, dialog_reply(80), {"temperature": 0}) for m in messages_list))
+        finally:
+            await llm.close()
+
+    return asyncio.run(go())
+
+
+def _msgs(tag):
+    return [{"role": "system", "content": "s"}, {"role": "user", "content": tag}]
+
+
+def test_transient_faults_are_retried_and_invalid_replies_recorded(tmp_path):
+    cache = RequestCache(tmp_path / "r.sqlite")
+    tags = ["fault=http429x2", "fault=http500x1", "fault=hangx1", "fault=notjsonx1", "fault=badschemax1",
+            "fault=http500x99", "fault=badschemax99", "plain"]
+    with FaultServer(REPLY, hang_s=1.5) as server:
+        results = _run(server.base_url, cache, [_msgs(t) for t in tags], max_retries=3, timeout_s=0.5)
+    by_tag = dict(zip(tags, results))
+    for tag in ("fault=http429x2", "fault=http500x1", "fault=hangx1", "fault=notjsonx1", "fault=badschemax1", "plain"):
+        assert by_tag[tag].ok and by_tag[tag].reply.model_dump() == REPLY, tag
+    assert by_tag["fault=http500x99"].reason == "http_5xx"
+    assert by_tag["fault=http500x99"].sent == 4  # max_retries=3 retries after the first attempt
+    assert by_tag["fault=http429x2"].sent == 3
+    assert by_tag["fault=badschemax99"].reason == "schema_invalid"
+    assert "control_model" in by_tag["fault=badschemax99"].detail
+    assert by_tag["fault=badschemax99"].sent == 3  # the first reply and two retries with the error appended
+
+
+def test_rerun_sends_nothing_for_stored_replies(tmp_path):
+    cache = RequestCache(tmp_path / "r.sqlite")
+    with FaultServer(REPLY) as server:
+        first = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(5)])
+        sent_first = server.requests
+        second = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(5)])
+    assert sent_first == 5 and server.requests == 5
+    assert [r.reply.model_dump() for r in first] == [r.reply.model_dump() for r in second]
+    assert all(r.cached == 1 and r.sent == 0 for r in second)
+
+
+def test_api_key_comes_from_the_named_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("LATENTQA_TEST_KEY", "sk-test-secret-123")
+    endpoint = EndpointConfig(base_url="http://127.0.0.1:1/v1", api_key_env="LATENTQA_TEST_KEY")
+    assert read_api_key(endpoint, local=False).get_secret_value() == "sk-test-secret-123"
+    assert "sk-test" not in repr(read_api_key(endpoint, local=False))
+    monkeypatch.delenv("LATENTQA_TEST_KEY")
+    with pytest.raises(RuntimeError, match="LATENTQA_TEST_KEY"):
+        read_api_key(endpoint, local=False)
+
+
+def test_local_server_returns_schema_valid_json(tiny_model_dir, tmp_path):
+    from latentqa.server import local_server
+
+    with local_server(str(tiny_model_dir), max_batch=4, startup_timeout_s=120) as url:
+        endpoint = EndpointConfig(base_url=url, model_id=str(tiny_model_dir))
+
+        async def go():
+            llm = LLM(endpoint, url, read_api_key(endpoint, local=True), RequestCache(tmp_path / "r.sqlite"), request_key)
+            try:
+                return await asyncio.gather(*(llm.complete(_msgs(f"control {i}"), dialog_reply(24),
+                                                           {"temperature": 0, "max_tokens": 96}) for i in range(4)))
+            finally:
+                await llm.close()
+
+        results = asyncio.run(go())
+    # a random 4-block model, constrained by the grammar, still writes JSON that parses against the schema
+    assert all(r.reason in ("ok", "schema_invalid") for r in results)
+    assert sum(r.ok for r in results) >= 3, [r.detail for r in results]
