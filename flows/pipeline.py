@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from latentqa.config import RunConfig
-from latentqa.models import check_run
+from latentqa.preflight import check_run
 from storage.manifest import Manifest
 from storage.store import Store
 from tasks.catalog import load_catalog

@@ -128,9 +128,3 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
             f"length num_hidden_layers={n_layers}, found {names or 'none'}")
     return candidates[0][1]
 
-
-def check_run(cfg) -> None:
-    """Validate a RunConfig against its model's depth before any stage runs (converts the embedded model once)."""
-    from latentqa.config import check_against_model
-
-    check_against_model(cfg, model_depth(cfg.model.name, cfg.model.revision))

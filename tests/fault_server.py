@@ -2,7 +2,7 @@
 
 The last user message picks the behaviour: it may contain `fault=<kind>x<n>`, and the first n requests with
 that message get the fault (429 with Retry-After, 500, a hang past the client's timeout, text that is not
-JSON, JSON that fails the schema); later ones get `reply` (valid JSON for the test's schema).
+JSON, JSON that fails the schema); later ones get `reply` (a dict, or a function of the request body).
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import json
 import re
 import threading
 import time
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FaultServer:
-    def __init__(self, reply: dict, hang_s: float = 2.0):
+    def __init__(self, reply: dict | Callable[[dict], dict], hang_s: float = 2.0):
         self.reply, self.hang_s = reply, hang_s
         self.seen: dict[str, int] = {}
         self.requests = 0
@@ -66,8 +67,9 @@ class FaultServer:
                     return self._send(500, {"error": {"message": "boom"}})
                 if kind == "hang":
                     time.sleep(server.hang_s)
+                reply = server.reply(body) if callable(server.reply) else server.reply
                 content = {"notjson": "this is not json {", "badschema": json.dumps({"wrong": 1})}.get(
-                    kind, json.dumps(server.reply))
+                    kind, json.dumps(reply))
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": content}}],

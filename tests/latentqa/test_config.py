@@ -50,3 +50,15 @@ def test_config_is_frozen():
     cfg = RunConfig()
     with pytest.raises(Exception):
         cfg.train.lr = 1.0
+
+
+def test_remote_endpoint_without_key_fails_before_work(monkeypatch, tiny_model_dir):
+    from latentqa.preflight import check_run
+
+    monkeypatch.delenv("LATENTQA_MISSING_KEY", raising=False)
+    cfg = RunConfig.model_validate({"model": {"name": str(tiny_model_dir)}, "extract": {"read_layer": 2},
+                                    "endpoint": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "LATENTQA_MISSING_KEY"}})
+    with pytest.raises(ConfigError, match="endpoint.api_key_env names 'LATENTQA_MISSING_KEY'"):
+        check_run(cfg)
+    with pytest.raises(ConfigError, match="extract.read_layer=15 is beyond"):
+        check_run(cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"read_layer": 15})}))

@@ -1,0 +1,87 @@
+"""synthesize through the openai client against a real HTTP server; the API key never reaches anything written."""
+
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from prefect import flow
+
+from latentqa.config import CatalogConfig, EndpointConfig, SynthesizeConfig
+from storage.manifest import Manifest
+from storage.parquet import DIALOGS, QA, same_columns
+from storage.store import Store
+from tasks.catalog import load_catalog
+from tasks.synthesize import synthesize
+from tests.fault_server import FaultServer
+
+pytestmark = pytest.mark.slow
+SECRET = "sk-latentqa-test-SECRET-7f3a9c"
+
+
+def reply_for(body: dict) -> dict:
+    """A valid reply for whichever of the two synthesis steps the request is."""
+    if '"answers"' in body["messages"][-1]["content"]:
+        return {"answers": ["A cheerful persona.", "Friendly and warm."]}
+    return {"control_model": "Sure.", "stimulus_user": "Hi!", "stimulus_model": "Hello, friend!"}
+
+
+@flow(name="synthesize-only")
+def synth_flow(catalog: CatalogConfig, cfg: SynthesizeConfig, endpoint: EndpointConfig, root: str) -> Manifest:
+    store = Store(root)
+    return synthesize(cfg, endpoint, load_catalog(catalog, store), store)
+
+
+def test_synthesize_writes_schema_tables_and_never_the_key(prefect_harness, tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_LOCAL_STORAGE_PATH
+
+    monkeypatch.setenv("LATENTQA_SECRET_KEY", SECRET)
+    started = time.time() - 1
+    with FaultServer(reply_for) as server:
+        endpoint = EndpointConfig(base_url=server.base_url, model_id="test-model", api_key_env="LATENTQA_SECRET_KEY",
+                                  structured_output="json_object")
+        state = synth_flow(CatalogConfig(n_controls=4), SynthesizeConfig(n_description=2), endpoint,
+                           str(tmp_path / "store"), return_state=True)
+        assert state.is_completed(), state.message
+    assert server.auth_headers and all(h == f"Bearer {SECRET}" for h in server.auth_headers)  # the key was used...
+    manifest, store = state.result(), Store(tmp_path / "store")
+    assert manifest.counts["n_dialogs"] == 4 and manifest.counts["n_qa"] == 8
+    assert same_columns(pq.read_schema(store.path(manifest, "dialogs.parquet")), DIALOGS)
+    qa = pq.read_table(store.path(manifest, "qa.parquet"))
+    assert same_columns(qa.schema, QA)
+    assert set(qa.column("dialog_id").to_pylist()) == set(pq.read_table(store.path(manifest, "dialogs.parquet"))
+                                                          .column("dialog_id").to_pylist())
+
+    db = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[-1])
+    written = [p for root in (store.root, Path(PREFECT_LOCAL_STORAGE_PATH.value())) for p in root.rglob("*")
+               if p.is_file() and p.stat().st_mtime >= started]
+    written += list(db.parent.glob(db.name + "*"))  # the Prefect database: parameters, logs, states
+    assert len(written) > 5
+    for path in written:  # ...and is in no file, log, parameter, result or cache entry
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_failures_are_accounted_for_with_reasons(prefect_harness, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    def only_dialogs(body):  # the answers step always gets a reply that fails its schema
+        return {"control_model": "Sure.", "stimulus_user": "Hi!", "stimulus_model": "Hello, friend!"}
+
+    with FaultServer(only_dialogs) as server:
+        endpoint = EndpointConfig(base_url=server.base_url, model_id="m", structured_output="none")
+        state = synth_flow(CatalogConfig(n_controls=3), SynthesizeConfig(n_description=2, max_fail_fraction=1.0),
+                           endpoint, str(tmp_path / "store"), return_state=True)
+    manifest = state.result()
+    assert manifest.counts["n_dialogs"] == 0
+    assert manifest.counts["failed_answers_schema_invalid"] == 3
+    rejected = pq.read_table(Store(tmp_path / "store").path(manifest, "rejected.parquet")).to_pylist()
+    assert {r["step"] for r in rejected} == {"answers"} and len({r["label"] for r in rejected}) == 3
+
+
+def test_too_many_failures_fail_the_stage(prefect_harness, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    with FaultServer({"wrong": 1}) as server:
+        endpoint = EndpointConfig(base_url=server.base_url, model_id="m")
+        state = synth_flow(CatalogConfig(n_controls=2), SynthesizeConfig(n_description=1), endpoint,
+                           str(tmp_path / "store"), return_state=True)
+    assert state.is_failed() and "max_fail_fraction" in state.message
+    assert not list((tmp_path / "store" / "synthesize").glob("*/manifest.json"))
