@@ -105,6 +105,9 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     """Load a causal LM and its tokenizer in eval mode, frozen."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per load floods the Prefect logs; stages report their own progress
     path = resolve_model(name)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)

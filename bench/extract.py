@@ -1,0 +1,118 @@
+"""Benchmark: the extract stage's reading path against a plain baseline, in one run on the same dialogs.
+
+stage     dialogs batched by length (right padding), forward stopped after the read layer, no grad,
+          rows written once per part as fixed-size-list Parquet
+baseline  one dialog at a time, full forward with output_hidden_states=True, the layer converted to Python
+          lists and written per dialog
+bound     2 x parameters of the blocks up to L x tokens / the machine's measured float32 matmul rate
+
+Prints the figures and, last, `speedup: X.XX  of-bound: 0.XX`. `--quick` runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from latentqa.dialogs import encode_dialog
+from latentqa.models import find_blocks, load_model
+from latentqa.reading import read_layers
+from storage.parquet import activation_rows, write_table
+from tasks.extract import _length_batches
+
+TOPICS = ["the weather", "a new recipe", "my commute", "a job interview", "learning piano", "a trip to Rome",
+          "saving money", "a broken bike", "my garden", "a birthday party", "a chess match", "moving house"]
+CONTROLS = ["Talk like a pirate.", "Answer in rhyming couplets.", "Be a grumpy assistant.", "Speak as a chef.",
+            "Respond as a patient teacher.", "Act as a detective."]
+
+
+def make_dialogs(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        topic, control = TOPICS[i % len(TOPICS)], CONTROLS[i % len(CONTROLS)]
+        reply = " ".join([f"Here is what I think about {topic}."] * (1 + i % 5))
+        out.append({"dialog_id": f"d{i:05d}", "control_user": control, "control_model": "Certainly.",
+                    "stimulus_user": f"Can you tell me about {topic}? " * (1 + i % 3), "stimulus_model": reply})
+    return out
+
+
+def matmul_flops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    return 2 * 2048**3 * reps / (time.perf_counter() - start)
+
+
+def run_stage(loaded, encoded, ids, layer, out_dir: Path) -> float:
+    start = time.perf_counter()
+    acts = {}
+    for batch in _length_batches(ids, encoded, 4096):
+        width = max(len(encoded[i].token_ids) for i in batch)
+        ids_bt = torch.zeros((len(batch), width), dtype=torch.long)
+        mask_bt = torch.zeros_like(ids_bt)
+        for b, i in enumerate(batch):
+            ids_bt[b, : len(encoded[i].token_ids)] = torch.tensor(encoded[i].token_ids)
+            mask_bt[b, : len(encoded[i].token_ids)] = 1
+        out = read_layers(loaded.model, ids_bt, mask_bt, [layer])[layer]
+        for b, i in enumerate(batch):
+            acts[i] = out[b, encoded[i].n_prefix: len(encoded[i].token_ids)].numpy()
+    d = loaded.model.config.hidden_size
+    table = activation_rows(ids, ids, layer, [encoded[i].token_ids for i in ids], [encoded[i].n_prefix for i in ids],
+                            [acts[i] for i in ids], "float32", d)
+    write_table(out_dir / "part-00000.parquet", table, table.schema)
+    return time.perf_counter() - start
+
+
+def run_baseline(loaded, encoded, ids, layer, out_dir: Path) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in ids:
+            enc = encoded[i]
+            hidden = loaded.model(torch.tensor([enc.token_ids]), output_hidden_states=True).hidden_states[layer + 1]
+            rows = {"dialog_id": [i], "acts": [hidden[0, enc.n_prefix:].tolist()]}
+            pq.write_table(pa.table(rows), out_dir / f"{i}.parquet")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--dialogs", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="48 dialogs")
+    args = parser.parse_args()
+    n = 48 if args.quick else args.dialogs
+    torch.set_grad_enabled(False)
+    loaded = load_model(args.model, dtype="float32", device="cpu")
+    dialogs = make_dialogs(n)
+    encoded = {d["dialog_id"]: encode_dialog(loaded.tokenizer, d, "stimulus_completion") for d in dialogs}
+    ids = sorted(encoded)
+    n_tokens = sum(len(e.token_ids) for e in encoded.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "a").mkdir(), (Path(tmp) / "b").mkdir()
+        run_stage(loaded, encoded, ids[:8], args.layer, Path(tmp) / "a")  # warm-up
+        t_stage = run_stage(loaded, encoded, ids, args.layer, Path(tmp) / "a")
+        t_base = run_baseline(loaded, encoded, ids, args.layer, Path(tmp) / "b")
+    blocks = find_blocks(loaded.model)[: args.layer + 1]
+    params = sum(p.numel() for b in blocks for p in b.parameters())
+    flops = matmul_flops()
+    t_bound = 2 * params * n_tokens / flops
+    print(f"dialogs {n}  tokens {n_tokens}  layer {args.layer}  params up to L {params / 1e6:.1f}M  "
+          f"threads {torch.get_num_threads()}")
+    print(f"stage     {t_stage:7.2f} s  {n_tokens / t_stage:8.0f} tok/s")
+    print(f"baseline  {t_base:7.2f} s  {n_tokens / t_base:8.0f} tok/s")
+    print(f"bound     {t_bound:7.2f} s  {n_tokens / t_bound:8.0f} tok/s  (matmul {flops / 1e9:.1f} GFLOP/s)")
+    print(f"speedup: {t_base / t_stage:.2f}  of-bound: {t_bound / t_stage:.2f}")
+
+
+if __name__ == "__main__":
+    main()
