@@ -22,9 +22,8 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks, load_model
-from latentqa.reading import read_layers
+from latentqa.reading import length_batches, read_layers
 from storage.parquet import activation_rows, write_table
-from tasks.extract import _length_batches
 
 TOPICS = ["the weather", "a new recipe", "my commute", "a job interview", "learning piano", "a trip to Rome",
           "saving money", "a broken bike", "my garden", "a birthday party", "a chess match", "moving house"]
@@ -42,33 +41,42 @@ def make_dialogs(n: int) -> list[dict]:
     return out
 
 
-def matmul_flops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
+    """The machine's measured dense matmul rate in this dtype (the compute bound's denominator)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    start, reps = time.perf_counter(), 20
+    _sync(device)
+    start, reps = time.perf_counter(), 20 if device.type == "cpu" else 200
     for _ in range(reps):
         a @ b
-    return 2 * 2048**3 * reps / (time.perf_counter() - start)
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def run_stage(loaded, encoded, ids, layer, out_dir: Path) -> float:
+def run_stage(loaded, encoded, ids, layer, out_dir: Path, batch_tokens: int) -> float:
     start = time.perf_counter()
     acts = {}
-    for batch in _length_batches(ids, encoded, 4096):
+    for batch in length_batches({i: len(encoded[i].token_ids) for i in ids}, batch_tokens):
         width = max(len(encoded[i].token_ids) for i in batch)
         ids_bt = torch.zeros((len(batch), width), dtype=torch.long)
         mask_bt = torch.zeros_like(ids_bt)
         for b, i in enumerate(batch):
             ids_bt[b, : len(encoded[i].token_ids)] = torch.tensor(encoded[i].token_ids)
             mask_bt[b, : len(encoded[i].token_ids)] = 1
-        out = read_layers(loaded.model, ids_bt, mask_bt, [layer])[layer]
+        out = read_layers(loaded.model, ids_bt.to(loaded.device), mask_bt.to(loaded.device), [layer])[layer]
         for b, i in enumerate(batch):
-            acts[i] = out[b, encoded[i].n_prefix: len(encoded[i].token_ids)].numpy()
+            acts[i] = out[b, encoded[i].n_prefix: len(encoded[i].token_ids)].float().cpu().numpy()
     d = loaded.model.config.hidden_size
     table = activation_rows(ids, ids, layer, [encoded[i].token_ids for i in ids], [encoded[i].n_prefix for i in ids],
                             [acts[i] for i in ids], "float32", d)
     write_table(out_dir / "part-00000.parquet", table, table.schema)
+    _sync(loaded.device)
     return time.perf_counter() - start
 
 
@@ -77,8 +85,9 @@ def run_baseline(loaded, encoded, ids, layer, out_dir: Path) -> float:
     with torch.no_grad():
         for i in ids:
             enc = encoded[i]
-            hidden = loaded.model(torch.tensor([enc.token_ids]), output_hidden_states=True).hidden_states[layer + 1]
-            rows = {"dialog_id": [i], "acts": [hidden[0, enc.n_prefix:].tolist()]}
+            ids_bt = torch.tensor([enc.token_ids], device=loaded.device)
+            hidden = loaded.model(ids_bt, output_hidden_states=True).hidden_states[layer + 1]
+            rows = {"dialog_id": [i], "acts": [hidden[0, enc.n_prefix:].float().tolist()]}
             pq.write_table(pa.table(rows), out_dir / f"{i}.parquet")
     return time.perf_counter() - start
 
@@ -89,22 +98,25 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--dialogs", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="48 dialogs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch-tokens", type=int, default=4096)
     args = parser.parse_args()
     n = 48 if args.quick else args.dialogs
     torch.set_grad_enabled(False)
-    loaded = load_model(args.model, dtype="float32", device="cpu")
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     dialogs = make_dialogs(n)
     encoded = {d["dialog_id"]: encode_dialog(loaded.tokenizer, d, "stimulus_completion") for d in dialogs}
     ids = sorted(encoded)
     n_tokens = sum(len(e.token_ids) for e in encoded.values())
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "a").mkdir(), (Path(tmp) / "b").mkdir()
-        run_stage(loaded, encoded, ids[:8], args.layer, Path(tmp) / "a")  # warm-up
-        t_stage = run_stage(loaded, encoded, ids, args.layer, Path(tmp) / "a")
+        run_stage(loaded, encoded, ids[:8], args.layer, Path(tmp) / "a", args.batch_tokens)  # warm-up
+        t_stage = run_stage(loaded, encoded, ids, args.layer, Path(tmp) / "a", args.batch_tokens)
         t_base = run_baseline(loaded, encoded, ids, args.layer, Path(tmp) / "b")
     blocks = find_blocks(loaded.model)[: args.layer + 1]
     params = sum(p.numel() for b in blocks for p in b.parameters())
-    flops = matmul_flops()
+    flops = matmul_flops(loaded.device, loaded.dtype)
     t_bound = 2 * params * n_tokens / flops
     print(f"dialogs {n}  tokens {n_tokens}  layer {args.layer}  params up to L {params / 1e6:.1f}M  "
           f"threads {torch.get_num_threads()}")

@@ -54,3 +54,16 @@ def read_layers(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Ten
         except _StopForward:
             pass
     return out
+
+
+def length_batches(lengths: dict[str, int], batch_tokens: int) -> list[list[str]]:
+    """Group ids of similar length so that padded tokens per batch stay under batch_tokens; longest first, so
+    a batch that does not fit in memory fails at the start rather than the end."""
+    batches, cur = [], []
+    for key in sorted(lengths, key=lambda k: (-lengths[k], k)):
+        width = lengths[cur[0]] if cur else lengths[key]
+        if cur and width * (len(cur) + 1) > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(key)
+    return batches + ([cur] if cur else [])

@@ -91,17 +91,20 @@ def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = N
 
 
 class Progress:
-    """A Prefect progress artifact when running under Prefect; a no-op elsewhere."""
+    """Progress of a long stage: a Prefect progress artifact inside a run, and a log line every 10%."""
 
     def __init__(self, total: int, description: str):
-        self.total, self.done = max(total, 1), 0
+        self.total, self.done, self.description, self._logged = max(total, 1), 0, description, 0
         self.id = create_progress_artifact(0.0, description=description) if _in_run() else None
 
     def advance(self, n: int = 1) -> None:
         self.done += n
+        percent = 100.0 * min(self.done, self.total) / self.total
         if self.id is not None:
-            update_progress_artifact(self.id, progress=100.0 * min(self.done, self.total) / self.total)
-
+            update_progress_artifact(self.id, progress=percent)
+        if percent >= self._logged + 10 or self.done >= self.total:
+            self._logged = int(percent // 10 * 10)
+            logger().info("%s: %d/%d", self.description, self.done, self.total)
 
 def load_examples(store: Store, split: Manifest, acts: Manifest, name: str, tokenizer, ph_id: int):
     """(rows, decoder examples, activation views) for one split file; views share the Parquet buffers."""

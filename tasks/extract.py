@@ -18,7 +18,7 @@ from prefect import task
 from latentqa.config import ExtractConfig, ModelConfig
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_model, pick_device, pick_dtype
-from latentqa.reading import read_layers
+from latentqa.reading import length_batches, read_layers
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table
@@ -52,22 +52,9 @@ def _encode_all(tokenizer, dialogs: list[dict], cfg: ExtractConfig) -> tuple[dic
     return encoded, rejected
 
 
-def _length_batches(ids: list[str], encoded: dict, batch_tokens: int) -> list[list[str]]:
-    """Group dialogs of similar length so padding stays small; longest first (fail fast on memory)."""
-    order = sorted(ids, key=lambda i: -len(encoded[i].token_ids))
-    batches, cur = [], []
-    for i in order:
-        width = len(encoded[(cur or [i])[0]].token_ids)
-        if cur and width * (len(cur) + 1) > batch_tokens:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    return batches + ([cur] if cur else [])
-
-
 def _read_part(loaded, ids: list[str], encoded: dict, cfg: ExtractConfig) -> dict[str, Any]:
     acts = {}
-    for batch in _length_batches(ids, encoded, cfg.batch_tokens):
+    for batch in length_batches({i: len(encoded[i].token_ids) for i in ids}, cfg.batch_tokens):
         width = max(len(encoded[i].token_ids) for i in batch)
         ids_bt = torch.full((len(batch), width), loaded.tokenizer.pad_token_id or 0, dtype=torch.long)
         mask_bt = torch.zeros_like(ids_bt)
