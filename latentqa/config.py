@@ -84,13 +84,26 @@ class SynthesizeConfig(Section):
 
 
 class ExtractConfig(Section):
-    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"batch_tokens", "dialogs_per_part"})
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset(
+        {"batch_tokens", "part_tokens", "runner", "dask_address", "dask_workers"})
     variant: Variant = "stimulus_completion"
-    read_layer: int = Field(15, ge=0, description="read the output of this block (hidden_states[L+1])")
+    read_layers: list[int] = Field([15], min_length=1, description="read the output of these blocks "
+                                   "(block L's output is hidden_states[L+1])")
     max_tokens: int = Field(512, gt=0, description="dialogs longer than this are skipped (reason exceeds_context)")
     act_dtype: Literal["float32", "float16"] = "float32"
-    batch_tokens: int = Field(4096, gt=0, description="padded tokens per forward")
-    dialogs_per_part: int = Field(256, gt=0, description="dialogs per Parquet part")
+    batch_tokens: int = Field(8192, gt=0, description="padded tokens per forward; halved on out-of-memory")
+    part_tokens: int = Field(262_144, gt=0, description="kept tokens per Parquet part (bounds a part's size)")
+    runner: Literal["local", "dask"] = Field("local", description="local: parts run in this process; dask: on a "
+                                             "Dask cluster through prefect-dask")
+    dask_address: str | None = Field(None, description="scheduler address; none: a LocalCluster of dask_workers")
+    dask_workers: int = Field(2, gt=0)
+
+    @field_validator("read_layers")
+    @classmethod
+    def _layers(cls, layers: list[int]) -> list[int]:
+        if any(l < 0 for l in layers) or len(set(layers)) != len(layers):
+            raise ValueError(f"layers must be distinct and >= 0, got {layers}")
+        return sorted(layers)
 
 
 class FilterConfig(Section):
@@ -108,6 +121,7 @@ class FilterConfig(Section):
 
 class TrainConfig(Section):
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"log_every"})
+    read_layer: int | None = Field(None, description="which extracted layer the decoder reads; none: the first")
     write_layer: int = Field(0, ge=0, description="activations overwrite this decoder block's output")
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
@@ -150,6 +164,13 @@ class RunConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     storage: StorageConfig = StorageConfig()
 
+    @model_validator(mode="after")
+    def _train_reads_an_extracted_layer(self) -> "RunConfig":
+        if self.train.read_layer is not None and self.train.read_layer not in self.extract.read_layers:
+            raise ValueError(f"train.read_layer={self.train.read_layer} is not among extract.read_layers="
+                             f"{self.extract.read_layers}")
+        return self
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the field."""
@@ -183,7 +204,8 @@ def parse_config(raw: dict, source: str = "config") -> RunConfig:
 
 def check_against_model(cfg: RunConfig, n_layers: int) -> None:
     """Checks that need the model's depth; raised before any stage runs."""
-    for field, layer in (("extract.read_layer", cfg.extract.read_layer), ("train.write_layer", cfg.train.write_layer)):
+    layers = [("extract.read_layers", l) for l in cfg.extract.read_layers] + [("train.write_layer", cfg.train.write_layer)]
+    for field, layer in layers:
         if layer >= n_layers:
             raise ConfigError(f"{field}={layer} is beyond the model's depth: {cfg.model.name} has {n_layers} "
                               f"blocks (valid 0..{n_layers - 1})")

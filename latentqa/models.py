@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -115,6 +116,19 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch_dtype).to(dev)
     model.eval().requires_grad_(False)
     return Loaded(model, tokenizer, name, path, dev, torch_dtype)
+
+
+@lru_cache(maxsize=1)
+def shared_model(name: str, revision: str | None, dtype: str, device: str) -> Loaded:
+    """One read-only model per process: every extract part (and every Dask worker) loads it once.
+    Never use it for training: peft wraps a model in place."""
+    return load_model(name, revision, dtype, device)
+
+
+def load_tokenizer(name: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(name), revision=revision)
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:

@@ -64,7 +64,7 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("latentqa")
 
 
-def _in_run() -> bool:
+def in_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
@@ -75,7 +75,7 @@ def artifact_key(stage: str, store: Store) -> str:
 
 def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = None) -> None:
     """One markdown and one table artifact per stage, both views of the manifest."""
-    if not _in_run():
+    if not in_run():
         return
     key = artifact_key(manifest.stage, store)
     inputs = "\n".join(f"- {i.stage}: `{i.fingerprint[:12]}` ({i.dir})" for i in manifest.inputs) or "- none"
@@ -91,26 +91,32 @@ def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = N
 
 
 class Progress:
-    """Progress of a long stage: a Prefect progress artifact inside a run, and a log line every 10%."""
+    """Progress of a long stage: a terminal bar (when stderr is a terminal), a Prefect progress artifact inside
+    a run, and a log line every 10%."""
 
     def __init__(self, total: int, description: str):
+        from tqdm import tqdm
+
         self.total, self.done, self.description, self._logged = max(total, 1), 0, description, 0
-        self.id = create_progress_artifact(0.0, description=description) if _in_run() else None
+        self.id = create_progress_artifact(0.0, description=description) if in_run() else None
+        self.bar = tqdm(total=total, desc=description, disable=None, leave=False)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
+        self.bar.update(n)
         percent = 100.0 * min(self.done, self.total) / self.total
         if self.id is not None:
             update_progress_artifact(self.id, progress=percent)
         if percent >= self._logged + 10 or self.done >= self.total:
             self._logged = int(percent // 10 * 10)
             logger().info("%s: %d/%d", self.description, self.done, self.total)
+        if self.done >= self.total:
+            self.bar.close()
 
-def load_examples(store: Store, split: Manifest, acts: Manifest, name: str, tokenizer, ph_id: int):
+def load_examples(store: Store, split: Manifest, acts: Manifest, name: str, tokenizer, ph_id: int, layer: int):
     """(rows, decoder examples, activation views) for one split file; views share the Parquet buffers."""
     rows = read_table(store.path(split, name), SPLIT).to_pylist()
     reader = ActivationReader(store.path(acts, f.path) for f in acts.files_matching("part-"))
-    layer = acts.summary["layers"][0]
     views = [reader.acts(r["dialog_id"], layer) for r in rows]
     examples = [encode_example(tokenizer, len(v), r["question"], r["answer"], ph_id) for r, v in zip(rows, views)]
     return rows, examples, views

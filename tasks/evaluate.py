@@ -82,7 +82,8 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         info = DecoderInfo.load(store.path(decoder, "decoder.json"))
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
         net = PeftModel.from_pretrained(loaded.model, store.path(decoder, "adapter")).eval()
-        rows, _, views = load_examples(store, split, acts, "eval.parquet", loaded.tokenizer, info.placeholder_id)
+        rows, _, views = load_examples(store, split, acts, "eval.parquet", loaded.tokenizer, info.placeholder_id,
+                                       info.read_layer)
         rows, views = rows[: cfg.max_examples], views[: cfg.max_examples]
         conditions = {"true": views}
         if others := shuffled_sources([r["dialog_id"] for r in rows], cfg.seed):

@@ -1,31 +1,38 @@
-"""extract: dialogs -> residual-stream activations of the target at the read layer, after the masked control.
+"""extract: dialogs -> residual-stream activations of the target at the read layers, after the masked control.
 
 Reads   synthesize/<fp>/dialogs.parquet
-Writes  extract/<fp>/part-NNNNN.parquet (+ rejected.parquet) + manifest.json   (storage/PROTOCOL.md, "extract")
-Resume  parts cover fixed slices of the dialogs sorted by id; finished parts are listed on disk and only the
-        missing ones are computed, so a rerun after a kill writes exactly what an uninterrupted run would.
+Writes  extract/<fp>/{plan.json, part-NNNNN.parquet, rejected.parquet} + manifest.json   (PROTOCOL.md, "extract")
+Resume  plan.json fixes which dialogs each part holds; finished parts are listed on disk and only the missing
+        ones are computed, so a rerun after a kill writes exactly what an uninterrupted run would.
+Scale   each part is its own Prefect task (`extract-part`): in this process by default, on a Dask cluster
+        through prefect-dask with `extract.runner: dask`. A process loads the model once for all its parts.
 """
 
 from __future__ import annotations
 
+import json
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from latentqa.config import ExtractConfig, ModelConfig
 from latentqa.dialogs import encode_dialog
-from latentqa.models import load_model, pick_device, pick_dtype
+from latentqa.models import load_tokenizer, pick_device, pick_dtype, shared_model
 from latentqa.reading import length_batches, read_layers
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table
-from storage.store import Store
-from tasks._common import Progress, logger, provenance, publish, stage_cache_policy
+from storage.store import Store, write_json_atomic
+from tasks._common import Progress, in_run, logger, provenance, publish, stage_cache_policy
+from tasks._dask import worker_device
 
-STAGE, VERSION = "extract", 1
+STAGE, VERSION = "extract", 2
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
@@ -34,79 +41,168 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[p["cfg"], model, {"dtype": dtype}], inputs=[p["dialogs"].fingerprint])
 
 
-def _encode_all(tokenizer, dialogs: list[dict], cfg: ExtractConfig) -> tuple[dict, list[dict]]:
-    """Token ids per dialog id; dialogs that cannot be read are returned as rejected rows with a reason."""
-    encoded, rejected = {}, []
+def _encode_all(tokenizer, dialogs: list[dict], cfg: ExtractConfig) -> tuple[list[dict], list[dict]]:
+    """Kept dialogs as {dialog_id, label, token_ids, n_prefix}; the others as rejected rows with a reason."""
+    kept, rejected = [], []
     for d in dialogs:
+        reject = {"item_id": d["dialog_id"], "label": d["label"], "step": STAGE}
         try:
             enc = encode_dialog(tokenizer, d, cfg.variant)
         except ValueError as err:
-            rejected.append({"item_id": d["dialog_id"], "label": d["label"], "step": STAGE, "reason": "empty_dialog",
-                             "detail": str(err)})
+            rejected.append({**reject, "reason": "empty_dialog", "detail": str(err)})
             continue
         if len(enc.token_ids) > cfg.max_tokens:
-            rejected.append({"item_id": d["dialog_id"], "label": d["label"], "step": STAGE,
-                             "reason": "exceeds_context", "detail": f"{len(enc.token_ids)} > {cfg.max_tokens} tokens"})
+            rejected.append({**reject, "reason": "exceeds_context",
+                             "detail": f"{len(enc.token_ids)} > {cfg.max_tokens} tokens"})
             continue
-        encoded[d["dialog_id"]] = enc
-    return encoded, rejected
+        kept.append({"dialog_id": d["dialog_id"], "label": d["label"], "token_ids": enc.token_ids,
+                     "n_prefix": enc.n_prefix})
+    return kept, rejected
 
 
-def _read_part(loaded, ids: list[str], encoded: dict, cfg: ExtractConfig) -> dict[str, Any]:
-    acts = {}
-    for batch in length_batches({i: len(encoded[i].token_ids) for i in ids}, cfg.batch_tokens):
-        width = max(len(encoded[i].token_ids) for i in batch)
-        ids_bt = torch.full((len(batch), width), loaded.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask_bt = torch.zeros_like(ids_bt)
-        for b, i in enumerate(batch):
-            toks = encoded[i].token_ids
-            ids_bt[b, : len(toks)] = torch.tensor(toks)
-            mask_bt[b, : len(toks)] = 1
-        acts_btd = read_layers(loaded.model, ids_bt.to(loaded.device), mask_bt.to(loaded.device), [cfg.read_layer])
-        for b, i in enumerate(batch):
-            enc = encoded[i]
-            acts[i] = acts_btd[cfg.read_layer][b, enc.n_prefix: len(enc.token_ids)].float().cpu().numpy()
-    return acts
+def plan_parts(kept: list[dict], part_tokens: int) -> list[list[dict]]:
+    """Consecutive slices of the dialogs (sorted by id) holding about part_tokens kept tokens each."""
+    parts, cur, n = [], [], 0
+    for d in sorted(kept, key=lambda d: d["dialog_id"]):
+        cur.append(d)
+        n += len(d["token_ids"]) - d["n_prefix"]
+        if n >= part_tokens:
+            parts, cur, n = parts + [cur], [], 0
+    return parts + ([cur] if cur else [])
+
+
+def _write_plan(out, parts: list[list[dict]]) -> None:
+    """plan.json: which dialogs each part holds. A different plan (other part_tokens) voids old parts."""
+    plan = [[d["dialog_id"] for d in part] for part in parts]
+    path = out.dir / "plan.json"
+    if path.exists() and json.loads(path.read_text()) != plan:
+        for stale in out.finished_files("part-*.parquet"):
+            stale.unlink()
+    write_json_atomic(path, plan)
+
+
+def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: int) -> dict[int, dict[str, Any]]:
+    """{layer: {dialog_id: acts [n_kept, d]}}; on CUDA out-of-memory the batch budget is halved and retried."""
+    by_id = {d["dialog_id"]: d for d in dialogs}
+    lengths = {i: len(d["token_ids"]) for i, d in by_id.items()}
+    out: dict[int, dict[str, Any]] = {l: {} for l in layers}
+    pending = length_batches(lengths, batch_tokens)
+    while pending:
+        batch = pending.pop(0)
+        try:
+            acts = _forward(loaded, [by_id[i] for i in batch], layers)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            torch.cuda.empty_cache()
+            batch_tokens //= 2
+            logger().warning("extract: out of memory; batch_tokens halved to %d", batch_tokens)
+            pending = length_batches({i: lengths[i] for b in [batch, *pending] for i in b}, batch_tokens)
+            continue
+        for layer in layers:
+            out[layer].update(acts[layer])
+    return out
+
+
+def _forward(loaded, batch: list[dict], layers: list[int]) -> dict[int, dict[str, Any]]:
+    width = max(len(d["token_ids"]) for d in batch)
+    ids_bt = torch.full((len(batch), width), loaded.tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask_bt = torch.zeros_like(ids_bt)
+    for b, d in enumerate(batch):  # right padding: real positions are exact under causal attention
+        ids_bt[b, : len(d["token_ids"])] = torch.tensor(d["token_ids"])
+        mask_bt[b, : len(d["token_ids"])] = 1
+    acts_btd = read_layers(loaded.model, ids_bt.to(loaded.device), mask_bt.to(loaded.device), layers)
+    return {layer: {d["dialog_id"]: acts_btd[layer][b, d["n_prefix"]: len(d["token_ids"])].float().cpu().numpy()
+                    for b, d in enumerate(batch)} for layer in layers}
+
+
+@task(name="extract-part", cache_policy=NO_CACHE, persist_result=False)
+def extract_part(cfg: ExtractConfig, model: ModelConfig, partial_dir: str, k: int, dialogs: list[dict]) -> dict:
+    """Write part k (all read layers of its dialogs) into the open stage directory, unless already there."""
+    path = Path(partial_dir) / f"part-{k:05d}.parquet"
+    n_tokens = sum(len(d["token_ids"]) for d in dialogs)
+    if path.exists():
+        return {"part": k, "n_tokens": n_tokens, "seconds": 0.0, "computed": False}
+    started = time.monotonic()
+    loaded = shared_model(model.name, model.revision, model.dtype, worker_device(model.device))
+    acts = read_batches(loaded, dialogs, cfg.read_layers, cfg.batch_tokens)
+    d_model = loaded.model.config.hidden_size
+    tables = [activation_rows([d["dialog_id"] for d in dialogs], [d["label"] for d in dialogs], layer,
+                              [d["token_ids"] for d in dialogs], [d["n_prefix"] for d in dialogs],
+                              [acts[layer][d["dialog_id"]] for d in dialogs], cfg.act_dtype, d_model)
+              for layer in cfg.read_layers]
+    table = pa.concat_tables(tables)
+    write_table(path, table, table.schema)
+    return {"part": k, "n_tokens": n_tokens, "seconds": time.monotonic() - started, "computed": True,
+            "peak_cuda_mb": torch.cuda.max_memory_allocated() // 2**20 if torch.cuda.is_available() else 0}
+
+
+def _run_parts(cfg: ExtractConfig, model: ModelConfig, partial_dir: Path, todo: list[tuple[int, list[dict]]],
+               progress: Progress) -> list[dict]:
+    """Each part as its own task: in this process, or on a Dask cluster (one model load per worker)."""
+    if cfg.runner == "local" or not todo:
+        run = extract_part if in_run() else extract_part.fn
+        results = []
+        for k, dialogs in todo:
+            results.append(run(cfg, model, str(partial_dir), k, dialogs))
+            progress.advance(len(dialogs))
+        return results
+    from tasks._dask import dask_runner, gpu_annotation  # dask is imported only when asked for
+
+    with dask_runner(cfg.dask_address, cfg.dask_workers) as runner, gpu_annotation():
+        futures = [runner.submit(extract_part, parameters={"cfg": cfg, "model": model, "partial_dir": str(partial_dir),
+                                                            "k": k, "dialogs": dialogs}) for k, dialogs in todo]
+        results = []
+        for (_, dialogs), future in zip(todo, futures):
+            results.append(future.result())
+            progress.advance(len(dialogs))
+        return results
 
 
 @task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
 def extract(cfg: ExtractConfig, model: ModelConfig, dialogs: Manifest, store: Store) -> Manifest:
-    """Read block `read_layer` for every kept token of every dialog; one Parquet part per slice of dialogs."""
+    """Read the blocks in `read_layers` for every kept token of every dialog, part by part."""
     fp = fingerprint_of({"cfg": cfg, "model": model, "dialogs": dialogs})
     if done := store.finished(STAGE, fp):
         return done
-    rows = sorted(read_table(store.path(dialogs, "dialogs.parquet"), DIALOGS).to_pylist(), key=lambda r: r["dialog_id"])
-    labels = {r["dialog_id"]: r["label"] for r in rows}
+    rows = read_table(store.path(dialogs, "dialogs.parquet"), DIALOGS).to_pylist()
     with store.open_stage(STAGE, fp) as out:
-        loaded = load_model(model.name, model.revision, model.dtype, model.device)
-        encoded, rejected = _encode_all(loaded.tokenizer, rows, cfg)
-        kept = [r["dialog_id"] for r in rows if r["dialog_id"] in encoded]
-        parts = [kept[i: i + cfg.dialogs_per_part] for i in range(0, len(kept), cfg.dialogs_per_part)]
-        d_model = loaded.model.config.hidden_size
-        todo = [k for k in range(len(parts)) if not out.finished_files(f"part-{k:05d}.parquet")]
-        progress, started, n_tokens = Progress(len(kept), "extract: dialogs read"), time.monotonic(), 0
-        progress.advance(sum(len(parts[k]) for k in range(len(parts)) if k not in todo))
-        for k in todo:
-            acts = _read_part(loaded, parts[k], encoded, cfg)
-            table = activation_rows(parts[k], [labels[i] for i in parts[k]], cfg.read_layer,
-                                    [encoded[i].token_ids for i in parts[k]], [encoded[i].n_prefix for i in parts[k]],
-                                    [acts[i] for i in parts[k]], cfg.act_dtype, d_model)
-            write_table(out.file(f"part-{k:05d}.parquet"), table, table.schema)
-            n_tokens += sum(len(encoded[i].token_ids) for i in parts[k])
-            progress.advance(len(parts[k]))
-        write_table(out.file("rejected.parquet"), rejected, REJECTED)
+        kept, rejected = _encode_all(load_tokenizer(model.name, model.revision), rows, cfg)
+        parts = plan_parts(kept, cfg.part_tokens)
+        _write_plan(out, parts)
+        todo = [(k, p) for k, p in enumerate(parts) if not out.finished_files(f"part-{k:05d}.parquet")]
+        progress = Progress(len(kept), "extract: dialogs read")
+        progress.advance(len(kept) - sum(len(p) for _, p in todo))
+        started = time.monotonic()
+        results = _run_parts(cfg, model, out.dir, todo, progress)
         elapsed = time.monotonic() - started
-        counts = {"rows_in": len(rows), "n_dialogs": len(kept), "n_parts": len(parts),
-                  "n_kept_tokens": sum(len(encoded[i].token_ids) - encoded[i].n_prefix for i in kept),
-                  **{f"dropped_{r}": sum(x["reason"] == r for x in rejected) for r in {x["reason"] for x in rejected}}}
-        summary = {"model": model.name, "model_path": loaded.path, "revision": model.revision,
-                   "dtype": str(loaded.dtype), "device": str(loaded.device), "layers": [cfg.read_layer],
-                   "d_model": d_model, "variant": cfg.variant, "act_dtype": cfg.act_dtype,
-                   "tokens_per_s": round(n_tokens / elapsed, 1) if n_tokens else None,
-                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
-        manifest = out.commit(version=VERSION, inputs=[dialogs], counts=counts, summary=summary,
+        write_table(out.file("rejected.parquet"), rejected, REJECTED)
+        manifest = out.commit(version=VERSION, inputs=[dialogs], counts=_counts(rows, kept, parts, rejected),
+                              summary=_summary(cfg, model, results, elapsed),
                               config={"extract": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")},
-                              rows={f"part-{k:05d}.parquet": len(p) for k, p in enumerate(parts)}, **provenance())
-    logger().info("extract: %d dialogs in %d parts, %d rejected", len(kept), len(parts), len(rejected))
+                              rows={f"part-{k:05d}.parquet": len(p) * len(cfg.read_layers) for k, p in enumerate(parts)},
+                              **provenance())
+    logger().info("extract: %d dialogs in %d parts (%d computed now), %d rejected", len(kept), len(parts),
+                  len(todo), len(rejected))
     publish(manifest, store)
     return manifest
+
+
+def _counts(rows, kept, parts, rejected) -> dict[str, int]:
+    reasons = {r["reason"] for r in rejected}
+    return {"rows_in": len(rows), "n_dialogs": len(kept), "n_parts": len(parts),
+            "n_tokens": sum(len(d["token_ids"]) for d in kept),
+            "n_kept_tokens": sum(len(d["token_ids"]) - d["n_prefix"] for d in kept),
+            **{f"dropped_{r}": sum(x["reason"] == r for x in rejected) for r in reasons}}
+
+
+def _summary(cfg: ExtractConfig, model: ModelConfig, results: list[dict], elapsed: float) -> dict[str, Any]:
+    device = pick_device(model.device)
+    computed = [r for r in results if r["computed"]]
+    n_tokens = sum(r["n_tokens"] for r in computed)
+    return {"model": model.name, "revision": model.revision, "dtype": str(pick_dtype(model.dtype, device)),
+            "device": str(device), "layers": cfg.read_layers, "variant": cfg.variant, "act_dtype": cfg.act_dtype,
+            "runner": cfg.runner, "parts_computed": len(computed),
+            "tokens_per_s": round(n_tokens / elapsed, 1) if n_tokens and elapsed else None,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            "peak_cuda_mb": max((r.get("peak_cuda_mb", 0) for r in computed), default=0)}

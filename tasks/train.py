@@ -70,7 +70,8 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
         tok = loaded.tokenizer
         ph_id = placeholder_id(tok, cfg.placeholder)
-        _, examples, views = load_examples(store, split, acts, "train.parquet", tok, ph_id)
+        layer = cfg.read_layer if cfg.read_layer is not None else acts.summary["layers"][0]
+        _, examples, views = load_examples(store, split, acts, "train.parquet", tok, ph_id, layer)
         if not examples:
             raise RuntimeError(f"train: {store.path(split, 'train.parquet')} has no rows; nothing to train on")
         decoder = make_decoder(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.seed)
@@ -79,7 +80,7 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
         curves = _fit(decoder, examples, views, cfg, pad_id, loaded.device)
         elapsed = time.monotonic() - started
         decoder.save_pretrained(out.file("adapter"))
-        DecoderInfo(base_model=model.name, read_layer=acts.summary["layers"][0], write_layer=cfg.write_layer,
+        DecoderInfo(base_model=model.name, read_layer=layer, write_layer=cfg.write_layer,
                     placeholder=cfg.placeholder, placeholder_id=ph_id,
                     variant=acts.summary["variant"]).save(out.file("decoder.json"))
         n_curves = write_table(out.file("curves.parquet"), curves, CURVES)

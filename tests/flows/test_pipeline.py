@@ -21,7 +21,7 @@ def tiny_config(root, model_dir, **train) -> RunConfig:
         "endpoint": {"local_model": str(model_dir), "max_batch": 8},
         "catalog": {"n_controls": 8},
         "synthesize": {"n_description": 2, "max_chars": 24, "max_tokens": 96, "max_fail_fraction": 0.9},
-        "extract": {"read_layer": 2, "dialogs_per_part": 3},
+        "extract": {"read_layers": [2], "part_tokens": 64},
         "filter": {"min_answer_chars": 1},
         "train": {"lora_r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "batch_size": 4, **train},
         "evaluate": {"max_new_tokens": 4},
@@ -29,17 +29,25 @@ def tiny_config(root, model_dir, **train) -> RunConfig:
     })
 
 
-def task_states(state) -> dict[str, str]:
-    """{task name: final state name} of one flow run, read back through the Prefect API."""
+def task_states(state) -> dict[str, list[str]]:
+    """{task name: [final state names]} of one flow run, read back through the Prefect API."""
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}  # run names are "<task>-<suffix>"
+    states: dict[str, list[str]] = {}
+    for r in runs:  # run names are "<task>-<suffix>"
+        states.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
+    return states
+
+
+def stage_states(states: dict[str, list[str]]) -> dict[str, str]:
+    return {name: s[0] for name, s in states.items() if name in STAGES}
 
 
 def run(cfg):
     state = pipeline(cfg, return_state=True)
     assert state.is_completed(), state.message
-    return state, task_states(state)
+    states = task_states(state)
+    return state, states
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +59,8 @@ def first_run(prefect_harness, tiny_model_dir, tmp_path_factory):
 
 def test_first_run_completes_every_stage(first_run):
     cfg, state, states = first_run
-    assert set(states) == STAGES and set(states.values()) == {"Completed"}
+    assert set(stage_states(states)) == STAGES and set(stage_states(states).values()) == {"Completed"}
+    assert states["extract-part"] and set(states["extract-part"]) == {"Completed"}  # one task per part
     final = state.result()
     assert set(final.summary["metrics"]) == {"true", "shuffled"}
     assert (Store(cfg.storage.root).path(final, "metrics.parquet")).is_file()
@@ -60,13 +69,13 @@ def test_first_run_completes_every_stage(first_run):
 def test_second_run_is_all_cached(first_run):
     cfg, _, _ = first_run
     _, states = run(cfg)
-    assert states == {s: "Cached" for s in STAGES}
+    assert states == {s: ["Cached"] for s in STAGES}  # no part task runs either
 
 
 def test_changing_a_training_setting_reruns_only_train_and_evaluate(first_run, tiny_model_dir):
     cfg, _, _ = first_run
     _, states = run(tiny_config(cfg.storage.root, tiny_model_dir, lr=5e-4))
-    assert {s for s, name in states.items() if name != "Cached"} == {"train", "evaluate"}
+    assert {s for s, name in stage_states(states).items() if name != "Cached"} == {"train", "evaluate"}
 
 
 def test_deleted_stage_directory_runs_again(first_run):
@@ -75,9 +84,9 @@ def test_deleted_stage_directory_runs_again(first_run):
     extract_dir = next(m for m in store.manifests() if m.stage == "extract")
     shutil.rmtree(store.root / extract_dir.dir)
     _, states = run(cfg)
-    assert states["extract"] == "Completed"  # the Prefect cache did not stand in for missing files
+    assert stage_states(states)["extract"] == "Completed"  # the Prefect cache did not stand in for missing files
     assert store.finished("extract", extract_dir.fingerprint) is not None
-    assert {s for s, name in states.items() if name != "Cached"} == {"extract"}
+    assert {s for s, name in stage_states(states).items() if name != "Cached"} == {"extract"}
 
 
 def test_lineage_reaches_the_catalog(first_run):

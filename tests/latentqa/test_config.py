@@ -21,6 +21,8 @@ def _write(tmp_path, text):
     ("catalog:\n  paths: [missing.yaml]\n", "catalog.paths"),              # missing file
     ("extract:\n  variant: bogus\n", "extract.variant"),
     ("endpoint:\n  concurrency: 0\n", "endpoint.concurrency"),
+    ("extract:\n  read_layers: [3, 3]\n", "extract.read_layers"),
+    ("extract:\n  read_layers: [10]\ntrain:\n  read_layer: 12\n", "train.read_layer=12"),
 ])
 def test_bad_field_is_named(tmp_path, text, field):
     with pytest.raises(ConfigError) as err:
@@ -29,8 +31,8 @@ def test_bad_field_is_named(tmp_path, text, field):
 
 
 def test_layer_beyond_depth_is_named():
-    cfg = RunConfig.model_validate({"extract": {"read_layer": 30}})
-    with pytest.raises(ConfigError, match=r"extract.read_layer=30 is beyond the model's depth.*30 blocks"):
+    cfg = RunConfig.model_validate({"extract": {"read_layers": [15, 30]}})
+    with pytest.raises(ConfigError, match=r"extract.read_layers=30 is beyond the model's depth.*30 blocks"):
         check_against_model(cfg, n_layers=30)
     check_against_model(RunConfig(), n_layers=30)
 
@@ -43,7 +45,7 @@ def test_missing_config_file(tmp_path):
 @pytest.mark.parametrize("name", ["demo.yaml", "llama3-8b.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(ROOT / "configs" / name)
-    assert cfg.train.write_layer == 0 and cfg.extract.read_layer == 15
+    assert cfg.train.write_layer == 0 and cfg.extract.read_layers == [15]
 
 
 def test_config_is_frozen():
@@ -56,9 +58,9 @@ def test_remote_endpoint_without_key_fails_before_work(monkeypatch, tiny_model_d
     from latentqa.preflight import check_run
 
     monkeypatch.delenv("LATENTQA_MISSING_KEY", raising=False)
-    cfg = RunConfig.model_validate({"model": {"name": str(tiny_model_dir)}, "extract": {"read_layer": 2},
+    cfg = RunConfig.model_validate({"model": {"name": str(tiny_model_dir)}, "extract": {"read_layers": [2]},
                                     "endpoint": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "LATENTQA_MISSING_KEY"}})
     with pytest.raises(ConfigError, match="endpoint.api_key_env names 'LATENTQA_MISSING_KEY'"):
         check_run(cfg)
-    with pytest.raises(ConfigError, match="extract.read_layer=15 is beyond"):
-        check_run(cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"read_layer": 15})}))
+    with pytest.raises(ConfigError, match="extract.read_layers=15 is beyond"):
+        check_run(cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"read_layers": [15]})}))

@@ -22,9 +22,16 @@ def test_semantic_field_changes_fingerprint(lr, other):
 @given(every=st.integers(1, 1000), batch=st.integers(1, 1 << 16), parts=st.integers(1, 1000))
 def test_non_semantic_fields_never_change_it(every, batch, parts):
     assert _fp(TrainConfig(log_every=every)) == _fp(TrainConfig())
-    assert _fp(ExtractConfig(batch_tokens=batch, dialogs_per_part=parts)) == _fp(ExtractConfig())
+    assert _fp(ExtractConfig(batch_tokens=batch, part_tokens=parts, runner="dask", dask_workers=parts)) \
+        == _fp(ExtractConfig())
     assert _fp(EndpointConfig(base_url=f"http://127.0.0.1:{batch}/v1", api_key_env="K", concurrency=parts)) \
         == _fp(EndpointConfig())
+
+
+@settings(max_examples=20, deadline=None)
+@given(layers=st.lists(st.integers(0, 29), min_size=1, max_size=3, unique=True))
+def test_read_layers_enter_the_extract_fingerprint(layers):
+    assert (_fp(ExtractConfig(read_layers=layers)) == _fp(ExtractConfig())) == (sorted(layers) == [15])
 
 
 def test_inputs_and_version_enter_the_fingerprint():

@@ -7,7 +7,9 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from latentqa.config import ExtractConfig, ModelConfig
 from storage.store import Store
@@ -20,12 +22,12 @@ KILL_SCRIPT = textwrap.dedent("""
     from latentqa.config import ExtractConfig, ModelConfig
     from storage.store import Store
 
-    read = stage._read_part
+    read = stage.read_batches
     def slow_read(*args, **kwargs):  # the real computation, slowed so the parent can kill between parts
         out = read(*args, **kwargs)
         time.sleep(0.5)
         return out
-    stage._read_part = slow_read
+    stage.read_batches = slow_read
     store = Store(sys.argv[1])
     stage.extract.fn(ExtractConfig.model_validate_json(sys.argv[2]), ModelConfig.model_validate_json(sys.argv[3]),
                      store.finished("synthesize", sys.argv[4]), store)
@@ -33,7 +35,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def _configs(tiny_model_dir):
-    return ExtractConfig(read_layer=2, dialogs_per_part=2, batch_tokens=256), ModelConfig(name=str(tiny_model_dir))
+    return ExtractConfig(read_layers=[1, 2], part_tokens=40, batch_tokens=256), ModelConfig(name=str(tiny_model_dir))
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_model_dir):
@@ -57,7 +59,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_model_dir):
     assert kill_store.finished("extract", reference.fingerprint) is None
     assert not (partial / "manifest.json").exists()
     done_before = sorted(p.name for p in partial.glob("part-*.parquet"))
-    assert 2 <= len(done_before) < 5
+    assert 2 <= len(done_before) < reference.counts["n_parts"]
 
     resumed = extract.fn(cfg, model, synth, kill_store)
     assert [(f.path, f.sha256) for f in resumed.files] == [(f.path, f.sha256) for f in reference.files]
@@ -86,7 +88,8 @@ def test_stage_reads_exactly_the_kept_positions(tmp_path, tiny):
     from latentqa.dialogs import encode_dialog
     from storage.parquet import ActivationReader
 
-    cfg, model = ExtractConfig(read_layer=1), ModelConfig(name=tiny.path)
+    # not the last block: transformers applies the final norm to hidden_states[-1], the stage reads the raw residual
+    cfg, model = ExtractConfig(read_layers=[0, 2]), ModelConfig(name=tiny.path)
     store = Store(tmp_path / "s")
     dialogs = dialog_rows(3)
     manifest = extract.fn(cfg, model, make_synth(store, dialogs), store)
@@ -94,6 +97,36 @@ def test_stage_reads_exactly_the_kept_positions(tmp_path, tiny):
     for d in dialogs:
         enc = encode_dialog(tiny.tokenizer, d, cfg.variant)
         ids = torch.tensor([enc.token_ids])
-        hidden = tiny.model(ids, output_hidden_states=True).hidden_states[2][0, enc.n_prefix:]
-        torch.testing.assert_close(torch.from_numpy(reader.acts(d["dialog_id"], 1).copy()), hidden, rtol=1e-5, atol=1e-5)
-        assert reader.tokens(d["dialog_id"], 1) == (enc.token_ids, enc.n_prefix)
+        hidden = tiny.model(ids, output_hidden_states=True).hidden_states
+        for layer in (0, 2):
+            stored = torch.from_numpy(reader.acts(d["dialog_id"], layer).copy())
+            torch.testing.assert_close(stored, hidden[layer + 1][0, enc.n_prefix:], rtol=1e-5, atol=1e-5)
+            assert reader.tokens(d["dialog_id"], layer) == (enc.token_ids, enc.n_prefix)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, tiny_model_dir, monkeypatch):
+    import tasks.extract as stage
+
+    cfg, model = _configs(tiny_model_dir)
+    dialogs = dialog_rows(6)
+    ref_store, oom_store = Store(tmp_path / "ref"), Store(tmp_path / "oom")
+    reference = extract.fn(cfg.model_copy(update={"batch_tokens": 4096, "part_tokens": 10**6}), model, make_synth(ref_store, dialogs), ref_store)
+    forward, refused, ran = stage._forward, [], []
+
+    def small_memory(loaded, batch, layers):  # a device that holds at most 2 dialogs per forward
+        if len(batch) > 2:
+            refused.append(len(batch))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        ran.append(len(batch))
+        return forward(loaded, batch, layers)
+
+    monkeypatch.setattr(stage, "_forward", small_memory)
+    resumed = extract.fn(cfg.model_copy(update={"batch_tokens": 4096, "part_tokens": 10**6}), model, make_synth(oom_store, dialogs), oom_store)
+    assert refused[0] == 6 and sum(ran) == 6 and max(ran) <= 2
+    from storage.parquet import ActivationReader
+
+    ref = ActivationReader(ref_store.path(reference, f.path) for f in reference.files_matching("part-"))
+    got = ActivationReader(oom_store.path(resumed, f.path) for f in resumed.files_matching("part-"))
+    for d in dialogs:  # other batch shapes round differently: equal to float32 precision, not bit for bit
+        for layer in cfg.read_layers:
+            np.testing.assert_allclose(got.acts(d["dialog_id"], layer), ref.acts(d["dialog_id"], layer), atol=1e-5)
