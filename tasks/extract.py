@@ -11,6 +11,7 @@ Scale   each part is its own Prefect task (`extract-part`): in this process by d
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -133,7 +134,7 @@ def extract_part(cfg: ExtractConfig, model: ModelConfig, partial_dir: str, k: in
               for layer in cfg.read_layers]
     table = pa.concat_tables(tables)
     write_table(path, table, table.schema)
-    return {"part": k, "n_tokens": n_tokens, "seconds": time.monotonic() - started, "computed": True,
+    return {"part": k, "n_tokens": n_tokens, "seconds": time.monotonic() - started, "computed": True, "pid": os.getpid(),
             "peak_cuda_mb": torch.cuda.max_memory_allocated() // 2**20 if torch.cuda.is_available() else 0}
 
 
@@ -202,7 +203,7 @@ def _summary(cfg: ExtractConfig, model: ModelConfig, results: list[dict], elapse
     n_tokens = sum(r["n_tokens"] for r in computed)
     return {"model": model.name, "revision": model.revision, "dtype": str(pick_dtype(model.dtype, device)),
             "device": str(device), "layers": cfg.read_layers, "variant": cfg.variant, "act_dtype": cfg.act_dtype,
-            "runner": cfg.runner, "parts_computed": len(computed),
+            "runner": cfg.runner, "parts_computed": len(computed), "processes": len({r["pid"] for r in computed}),
             "tokens_per_s": round(n_tokens / elapsed, 1) if n_tokens and elapsed else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
             "peak_cuda_mb": max((r.get("peak_cuda_mb", 0) for r in computed), default=0)}
