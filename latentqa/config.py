@@ -120,21 +120,28 @@ class FilterConfig(Section):
 
 
 class TrainConfig(Section):
-    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"log_every"})
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "grad_checkpointing"})
     read_layer: int | None = Field(None, description="which extracted layer the decoder reads; none: the first")
     write_layer: int = Field(0, ge=0, description="activations overwrite this decoder block's output")
+    norm_match: bool = Field(False, description="rescale each vector to the norm of the residual it replaces")
+    loss_on_ack: bool = Field(False, description="also train on the fixed acknowledgement turn")
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warmup, then constant")
     epochs: int = Field(1, gt=0)
     batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
     seed: int = 0
     placeholder: str = Field("?", description="a single-token string; its id fills the activation positions")
+    eval_every: int = Field(25, gt=0, description="eval loss on held-out controls every N steps (and at the end)")
+    eval_examples: int = Field(32, ge=0, description="held-out QA pairs used for the eval-loss curve")
+    checkpoint_every: int = Field(25, gt=0, description="optimizer steps between resumable checkpoints")
+    grad_checkpointing: bool = False
     log_every: int = Field(5, gt=0)
 
 

@@ -45,8 +45,9 @@ class DecoderExample:
     n_acts: int
 
 
-def encode_example(tokenizer, n_acts: int, question: str, answer: str | None, ph_id: int) -> DecoderExample:
-    """Tokens of a decoder prompt; with an answer, labels cover exactly the answer turn."""
+def encode_example(tokenizer, n_acts: int, question: str, answer: str | None, ph_id: int,
+                   loss_on_ack: bool = False) -> DecoderExample:
+    """Tokens of a decoder prompt; with an answer, labels cover exactly the answer turn (and the ack if asked)."""
     msgs = [{"role": "user", "content": _MARK}, {"role": "assistant", "content": ACK},
             {"role": "user", "content": question}]
     prompt, start = _splice(tokenizer, render(tokenizer, msgs, add_generation_prompt=True), n_acts, ph_id)
@@ -54,7 +55,13 @@ def encode_example(tokenizer, n_acts: int, question: str, answer: str | None, ph
         return DecoderExample(prompt, [IGNORE] * len(prompt), start, n_acts)
     full, _ = _splice(tokenizer, render(tokenizer, msgs + [{"role": "assistant", "content": answer}]), n_acts, ph_id)
     assert full[: len(prompt)] == prompt, f"{len(prompt)} prompt tokens not a prefix of {len(full)} with the answer"
-    return DecoderExample(full, [IGNORE] * len(prompt) + full[len(prompt):], start, n_acts)
+    labels = [IGNORE] * len(prompt) + full[len(prompt):]
+    if loss_on_ack:
+        ack_start, _ = _splice(tokenizer, render(tokenizer, msgs[:1], add_generation_prompt=True), n_acts, ph_id)
+        ack_end, _ = _splice(tokenizer, render(tokenizer, msgs[:2]), n_acts, ph_id)
+        assert full[: len(ack_end)] == ack_end, "the acknowledgement turn is not a prefix of the full prompt"
+        labels[len(ack_start): len(ack_end)] = ack_end[len(ack_start):]
+    return DecoderExample(full, labels, start, n_acts)
 
 
 @dataclass

@@ -33,7 +33,8 @@ METRICS = pa.schema([
     ("question", pa.string()), ("reference", pa.string()), ("generated", pa.string()),
     ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
 ])
-CURVES = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("loss", pa.float64()), ("lr", pa.float64())])
+CURVES = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("loss", pa.float64()), ("lr", pa.float64()),
+                    ("eval_loss", pa.float64())])
 
 ACT_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 

@@ -90,6 +90,15 @@ def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = N
     create_table_artifact(table=[{"name": k, "value": v} for k, v in table.items()], key=f"{key}-table")
 
 
+def publish_image(manifest: Manifest, store: Store, name: str, title: str) -> None:
+    """A markdown artifact pointing at a PNG of the stage directory (the open-source UI shows links, not files)."""
+    if not in_run():
+        return
+    path = store.path(manifest, name)
+    create_markdown_artifact(markdown=f"# {title}\n\n[{path.name}]({path.as_uri()})  \n`{path}`\n",
+                             key=f"{artifact_key(manifest.stage, store)}-{path.stem}", description=title)
+
+
 class Progress:
     """Progress of a long stage: a terminal bar (when stderr is a terminal), a Prefect progress artifact inside
     a run, and a log line every 10%."""
@@ -113,10 +122,12 @@ class Progress:
         if self.done >= self.total:
             self.bar.close()
 
-def load_examples(store: Store, split: Manifest, acts: Manifest, name: str, tokenizer, ph_id: int, layer: int):
+def load_examples(store: Store, split: Manifest, acts: Manifest, name: str, tokenizer, ph_id: int, layer: int,
+                  loss_on_ack: bool = False, limit: int | None = None):
     """(rows, decoder examples, activation views) for one split file; views share the Parquet buffers."""
-    rows = read_table(store.path(split, name), SPLIT).to_pylist()
+    rows = read_table(store.path(split, name), SPLIT).to_pylist()[:limit]
     reader = ActivationReader(store.path(acts, f.path) for f in acts.files_matching("part-"))
     views = [reader.acts(r["dialog_id"], layer) for r in rows]
-    examples = [encode_example(tokenizer, len(v), r["question"], r["answer"], ph_id) for r, v in zip(rows, views)]
+    examples = [encode_example(tokenizer, len(v), r["question"], r["answer"], ph_id, loss_on_ack)
+                for r, v in zip(rows, views)]
     return rows, examples, views

@@ -54,11 +54,12 @@ def _score(net, loaded, info: DecoderInfo, rows: list[dict], acts_list: list, cf
     for i in range(0, len(rows), step):
         chunk, acts = rows[i: i + step], acts_list[i: i + step]
         generated += answer(net, tok, acts, [r["question"] for r in chunk], info.placeholder_id, info.write_layer,
-                            cfg.max_new_tokens)
+                            cfg.max_new_tokens, info.norm_match)
         # another dialog's activations have another length: the prompt is rebuilt around them
         examples = [encode_example(tok, len(a), r["question"], r["answer"], info.placeholder_id)
                     for r, a in zip(chunk, acts)]
-        losses.append(float(batch_loss(net, collate(examples, acts, pad_id, loaded.device), info.write_layer)))
+        batch = collate(examples, acts, pad_id, loaded.device, info.norm_match)
+        losses.append(float(batch_loss(net, batch, info.write_layer)))
     metrics = [{"qa_id": r["qa_id"], "dialog_id": r["dialog_id"], "label": r["label"], "condition": condition,
                 "question": r["question"], "reference": r["answer"], "generated": g,
                 "rouge_l": rouge_l(g, r["answer"]), "token_f1": token_f1(g, r["answer"])} for r, g in zip(rows, generated)]

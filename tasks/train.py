@@ -1,63 +1,38 @@
 """train: decoder = target + LoRA, taught to answer questions about cached activations patched into it.
 
-Reads   filter/<fp>/train.parquet, extract/<fp>/part-*.parquet (zero-copy)
-Writes  train/<fp>/{adapter/, decoder.json, curves.parquet} + manifest.json   (storage/PROTOCOL.md, "train")
-Resume  a killed run leaves only <fp>.partial/ and trains again from the start (checkpoints: issue 5).
+Reads   filter/<fp>/{train,eval}.parquet, extract/<fp>/part-*.parquet (zero-copy)
+Writes  train/<fp>/{adapter/, decoder.json, curves.parquet, curves.png} + manifest.json   (PROTOCOL.md, "train")
+Resume  every train.checkpoint_every steps a checkpoint (adapter, AdamW moments, scheduler, RNG, data position)
+        lands in <fp>.partial/checkpoints/step-N/; a rerun after a kill continues from the newest one and ends
+        with the adapter an uninterrupted run would have written. Checkpoints are removed at commit.
 """
 
 from __future__ import annotations
 
-import random
+import shutil
 import time
 from typing import Any
 
-import torch
 from prefect import task
 
 from latentqa.config import ModelConfig, TrainConfig
-from latentqa.decoder import DecoderInfo, batch_loss, collate, make_decoder, placeholder_id
+from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
 from latentqa.models import load_model
+from latentqa.training import Position, fit, total_steps
+from storage.checkpoints import latest_checkpoint, save_checkpoint
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CURVES, write_table
+from storage.plots import plot_curves
 from storage.store import Store
-from tasks._common import Progress, load_examples, logger, provenance, publish, stage_cache_policy
+from tasks._common import Progress, load_examples, logger, provenance, publish, publish_image, stage_cache_policy
 
-STAGE, VERSION = "train", 1
+STAGE, VERSION = "train", 2
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[p["cfg"], p["model"]],
                        inputs=[p["split"].fingerprint, p["acts"].fingerprint])
-
-
-def _fit(decoder, examples, views, cfg: TrainConfig, pad_id: int, device) -> list[dict]:
-    """AdamW over the adapter weights; returns the loss curve (one row per optimizer step)."""
-    params = [p for p in decoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_batches = -(-len(examples) // cfg.batch_size)
-    total = min(cfg.max_steps or 10**9, cfg.epochs * n_batches // cfg.grad_accum) or 1
-    rng, curves, progress = random.Random(cfg.seed), [], Progress(total, "train: optimizer steps")
-    decoder.train()
-    for epoch in range(cfg.epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for b in range(n_batches):
-            idx = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-            batch = collate([examples[i] for i in idx], [views[i] for i in idx], pad_id, device)
-            loss = batch_loss(decoder, batch, cfg.write_layer)
-            (loss / cfg.grad_accum).backward()
-            if (b + 1) % cfg.grad_accum:
-                continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            curves.append({"step": len(curves) + 1, "epoch": epoch, "loss": loss.item(), "lr": cfg.lr})
-            progress.advance()
-            if len(curves) % cfg.log_every == 0:
-                logger().info("train: step %d/%d loss %.4f", len(curves), total, loss.item())
-            if len(curves) >= total:
-                return curves
-    return curves
 
 
 @task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
@@ -68,29 +43,53 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
         return done
     with store.open_stage(STAGE, fp) as out:
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
-        tok = loaded.tokenizer
+        tok, layer = loaded.tokenizer, cfg.read_layer if cfg.read_layer is not None else acts.summary["layers"][0]
         ph_id = placeholder_id(tok, cfg.placeholder)
-        layer = cfg.read_layer if cfg.read_layer is not None else acts.summary["layers"][0]
-        _, examples, views = load_examples(store, split, acts, "train.parquet", tok, ph_id, layer)
-        if not examples:
+        _, *train_set = load_examples(store, split, acts, "train.parquet", tok, ph_id, layer, cfg.loss_on_ack)
+        _, *eval_set = load_examples(store, split, acts, "eval.parquet", tok, ph_id, layer, cfg.loss_on_ack,
+                                     limit=cfg.eval_examples)
+        if not train_set[0]:
             raise RuntimeError(f"train: {store.path(split, 'train.parquet')} has no rows; nothing to train on")
         decoder = make_decoder(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.seed)
+        if cfg.grad_checkpointing:
+            decoder.gradient_checkpointing_enable()
+        resume = latest_checkpoint(out.dir / "checkpoints")
+        start_step = resume[1]["step"] if resume else 0
+        progress, started = Progress(total_steps(len(train_set[0]), cfg), "train: optimizer steps"), time.monotonic()
+        progress.advance(start_step)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        started = time.monotonic()
-        curves = _fit(decoder, examples, views, cfg, pad_id, loaded.device)
+
+        def on_step(pos: Position) -> None:
+            progress.advance()
+            if pos.step % cfg.log_every == 0:
+                logger().info("train: step %d loss %.4f", pos.step, pos.curves[-1]["loss"])
+
+        final = fit(decoder, tuple(train_set), tuple(eval_set), cfg, pad_id, loaded.device, resume=resume,
+                    on_checkpoint=lambda step, t, m: save_checkpoint(out.dir / "checkpoints", step, t, m),
+                    on_step=on_step)
         elapsed = time.monotonic() - started
+        shutil.rmtree(out.dir / "checkpoints", ignore_errors=True)  # resume state, not a result
         decoder.save_pretrained(out.file("adapter"))
-        DecoderInfo(base_model=model.name, read_layer=layer, write_layer=cfg.write_layer,
-                    placeholder=cfg.placeholder, placeholder_id=ph_id,
-                    variant=acts.summary["variant"]).save(out.file("decoder.json"))
-        n_curves = write_table(out.file("curves.parquet"), curves, CURVES)
-        summary = {"first_loss": curves[0]["loss"], "final_loss": curves[-1]["loss"], "steps": len(curves),
-                   "examples_per_s": round(len(curves) * cfg.batch_size * cfg.grad_accum / elapsed, 3),
-                   "trainable_params": sum(p.numel() for p in decoder.parameters() if p.requires_grad)}
+        DecoderInfo(base_model=model.name, read_layer=layer, write_layer=cfg.write_layer, placeholder=cfg.placeholder,
+                    placeholder_id=ph_id, variant=acts.summary["variant"], norm_match=cfg.norm_match
+                    ).save(out.file("decoder.json"))
+        n_curves = write_table(out.file("curves.parquet"), final.curves, CURVES)
+        plot_curves(final.curves, out.file("curves.png"))
+        summary = _summary(final, cfg, start_step, elapsed)
         manifest = out.commit(version=VERSION, inputs=[split, acts], rows={"curves.parquet": n_curves},
-                              counts={"n_examples": len(examples), "n_steps": len(curves)},
+                              counts={"n_examples": len(train_set[0]), "n_eval_examples": len(eval_set[0]),
+                                      "n_steps": final.step, "resumed_at_step": start_step},
                               summary={**summary, "device": str(loaded.device)},
                               config={"train": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")},
                               **provenance())
     publish(manifest, store, figures=summary)
+    publish_image(manifest, store, "curves.png", "training curves")
     return manifest
+
+
+def _summary(final: Position, cfg: TrainConfig, start_step: int, elapsed: float) -> dict[str, Any]:
+    evals = [c["eval_loss"] for c in final.curves if c["eval_loss"] is not None]
+    steps_now = final.step - start_step
+    return {"first_loss": final.curves[0]["loss"], "final_loss": final.curves[-1]["loss"], "steps": final.step,
+            "final_eval_loss": evals[-1] if evals else None,
+            "examples_per_s": round(steps_now * cfg.batch_size * cfg.grad_accum / elapsed, 3) if steps_now else None}

@@ -56,3 +56,26 @@ def test_adapter_off_restores_base_logits(tiny):
         off = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert not torch.allclose(on, base)
     torch.testing.assert_close(off, base)
+
+
+def test_loss_on_ack_adds_exactly_the_acknowledgement(tokenizer):
+    from latentqa.decoder import ACK
+
+    ph = placeholder_id(tokenizer, "?")
+    plain = encode_example(tokenizer, 3, "Who?", "A pirate.", ph)
+    with_ack = encode_example(tokenizer, 3, "Who?", "A pirate.", ph, loss_on_ack=True)
+    assert plain.input_ids == with_ack.input_ids
+    extra = [t for t, a, b in zip(with_ack.input_ids, with_ack.labels, plain.labels) if a != b]
+    assert tokenizer.decode(extra).strip() == ACK + "<|im_end|>"
+
+
+def test_length_grouped_batches_cover_every_example_once():
+    from latentqa.training import length_grouped_batches
+
+    lengths = [5, 50, 7, 48, 6, 52, 9, 47, 8, 51]
+    batches = length_grouped_batches(lengths, 2, seed=0, epoch=0, group=5)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert batches == length_grouped_batches(lengths, 2, seed=0, epoch=0, group=5)  # a function of (seed, epoch)
+    assert batches != length_grouped_batches(lengths, 2, seed=0, epoch=1, group=5)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread < 100  # sorted within the window: pairs of similar length

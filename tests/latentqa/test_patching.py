@@ -66,3 +66,15 @@ def test_no_patch_on_cached_decoding_steps(tiny):
                             do_sample=False, pad_token_id=tiny.tokenizer.pad_token_id)
         h.remove()
     assert calls[0] == batch.input_ids.shape[1] and all(c == 1 for c in calls[1:])
+
+
+def test_norm_matched_injection_keeps_the_residual_norm():
+    from latentqa.patching import PatchSpec, apply_patch
+
+    hidden = torch.randn(2, 5, 8) * 3
+    vectors = torch.randn(3, 8) * 100
+    spec = PatchSpec(torch.tensor([0, 0, 1]), torch.tensor([1, 2, 4]), vectors, seq_len=5, norm_match=True)
+    out = apply_patch(hidden, spec)
+    at = out[spec.batch_idx, spec.pos_idx]
+    torch.testing.assert_close(at.norm(dim=-1), hidden[spec.batch_idx, spec.pos_idx].norm(dim=-1))
+    torch.testing.assert_close(at / at.norm(dim=-1, keepdim=True), vectors / vectors.norm(dim=-1, keepdim=True))
