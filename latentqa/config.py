@@ -108,9 +108,16 @@ class ExtractConfig(Section):
 
 class FilterConfig(Section):
     eval_fraction: float = Field(0.25, gt=0, lt=1, description="share of control labels held out for evaluation")
+    heldout_categories: list[str] = Field([], description="categories held out entirely (out-of-distribution eval)")
     seed: int = 0
     min_answer_chars: int = Field(2, ge=0)
     max_answer_chars: int = Field(400, gt=0)
+    near_dup_threshold: float = Field(0.8, gt=0, le=1, description="answer word-3-gram Jaccard within a control")
+    leak_max_df: float = Field(0.05, gt=0, le=1, description="a control word is distinctive when at most this "
+                               "share of controls (and at least one) uses it; questions naming one are dropped")
+    max_qa_per_control: int | None = Field(None, gt=0)
+    max_qa_per_category: int | None = Field(None, gt=0)
+    keep_where: dict[str, str] = Field({}, description="name -> SQL condition a QA row must meet to be kept")
 
     @model_validator(mode="after")
     def _bounds(self) -> "FilterConfig":

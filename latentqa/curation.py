@@ -1,15 +1,27 @@
 """Curation rules: each a named SQL predicate over one QA row; a row is dropped for the first rule it meets.
 
-Columns available to a predicate: the QA table's columns, `nq`/`na` (normalised question/answer),
-`dup_rank` (1 for the first row with the same normalised (question, answer)), and `extracted`
-(whether the dialog has activations). Order matters only for which reason a row is counted under.
+Columns a predicate can use: the QA table's columns, `nq`/`na` (normalised question/answer), `extracted`
+(the dialog has activations), `dup_rank` (1 for the first row with the same normalised (question, answer)),
+`near_dup` (a row of the same control with an earlier qa_id has answer-shingle Jaccard >= the threshold) and
+`leaks` (the question names one of its control's distinctive words). Caps (per control, per category) are
+applied after the rules, over the rows that survive them. Every drop is counted as `dropped_<rule>`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
+
+from latentqa.config import FilterConfig
+
 NORMALIZE_SQL = "trim(regexp_replace(lower({col}), '[^a-z0-9]+', ' ', 'g'))"
+# word 3-gram shingles of a normalised string (the whole string when it has fewer than 3 words)
+SHINGLES_SQL = ("CASE WHEN len(string_split({col}, ' ')) < 3 THEN [{col}] ELSE list_distinct("
+                "[array_to_string(list_slice(string_split({col}, ' '), i, i + 2), ' ') "
+                "for i in range(1, len(string_split({col}, ' ')) - 1)]) END")
+QA_COLUMNS = {"qa_id": "VARCHAR", "dialog_id": "VARCHAR", "label": "VARCHAR", "family": "VARCHAR",
+              "category": "VARCHAR", "kind": "VARCHAR", "question": "VARCHAR", "answer": "VARCHAR"}
 
 
 @dataclass(frozen=True)
@@ -18,13 +30,16 @@ class Rule:
     predicate: str  # SQL boolean; true means drop
 
 
-def default_rules(min_answer_chars: int, max_answer_chars: int) -> list[Rule]:
+def default_rules(cfg: FilterConfig) -> list[Rule]:
     return [
         Rule("empty", "coalesce(trim(question), '') = '' OR coalesce(trim(answer), '') = ''"),
         Rule("not_extracted", "NOT extracted"),
-        Rule("too_short_answer", f"length(trim(answer)) < {int(min_answer_chars)}"),
-        Rule("too_long_answer", f"length(trim(answer)) > {int(max_answer_chars)}"),
+        Rule("too_short_answer", f"length(trim(answer)) < {int(cfg.min_answer_chars)}"),
+        Rule("too_long_answer", f"length(trim(answer)) > {int(cfg.max_answer_chars)}"),
+        Rule("leaks_control_words", "leaks"),
         Rule("duplicate_qa", "dup_rank > 1"),
+        Rule("near_duplicate", "near_dup"),
+        *[Rule(f"user_{name}", f"NOT coalesce(({expr}), false)") for name, expr in sorted(cfg.keep_where.items())],
     ]
 
 
@@ -32,3 +47,22 @@ def reason_sql(rules: list[Rule]) -> str:
     """A CASE expression giving each row's drop reason, or NULL to keep it."""
     whens = " ".join(f"WHEN {r.predicate} THEN '{r.name}'" for r in rules)
     return f"CASE {whens} ELSE NULL END"
+
+
+def validate_keep_where(keep_where: dict[str, str]) -> None:
+    """Each user rule must be one SQL boolean expression over the QA columns; raises ValueError naming it."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE qa (" + ", ".join(f"{c} {t}" for c, t in QA_COLUMNS.items()) + ")")
+    for name, expr in keep_where.items():
+        field = f"filter.keep_where.{name}"
+        if not name.isidentifier():
+            raise ValueError(f"{field}: rule names must be identifiers")
+        sql = f"SELECT count(*) FROM qa WHERE ({expr})"
+        try:
+            statements = con.extract_statements(sql)
+            if len(statements) != 1:
+                raise ValueError(f"{field}: {expr!r} must be a single expression, not several statements")
+            con.execute(sql)
+        except duckdb.Error as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(f"{field}: {expr!r} is not a valid condition on columns {sorted(QA_COLUMNS)}: {first}") from None
