@@ -7,7 +7,6 @@ Prints rows/s and the child's peak RSS; the last line is `rows: N  seconds: S  p
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,9 @@ from tasks.filter import filter_qa
 store = Store(sys.argv[1])
 m = filter_qa.fn(FilterConfig(max_qa_per_control=8), store.finished("synthesize", "1" * 64),
                  store.finished("extract", "2" * 64), store)
+import resource
 print("counts", m.counts)
+print("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
@@ -65,8 +66,9 @@ def main() -> None:
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", CHILD, tmp], capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
-    print(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    peak = int(lines[-1].split()[-1])  # the child's own peak, whatever else this process started before
+    print(lines[-2])
     print(f"{args.rows / seconds:.0f} rows/s")
     print(f"rows: {args.rows}  seconds: {seconds:.1f}  peak_rss_mb: {peak}")
 
