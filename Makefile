@@ -30,8 +30,12 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# the benchmarks print ratios against a baseline measured in the same run (see each script's docstring)
 bench: setup
-	$(BIN)/python bench/extract.py --quick
+	$(BIN)/python -m bench.extract
+	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.curation
+	$(BIN)/python -m bench.padding_tolerance
 
 clean-runs:
 	rm -rf runs/

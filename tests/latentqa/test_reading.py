@@ -50,3 +50,20 @@ def test_layer_out_of_range_is_named(tiny):
         assert "[9]" in str(err) and "4 blocks" in str(err)
     else:
         raise AssertionError("layer 9 of 4 was accepted")
+
+
+def test_model_without_locatable_blocks_is_named():
+    from latentqa.models import find_blocks
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"num_hidden_layers": 3})()
+            self.a, self.b = torch.nn.ModuleList([torch.nn.Linear(2, 2)] * 3), torch.nn.ModuleList([torch.nn.Linear(2, 2)] * 3)
+
+    try:
+        find_blocks(Odd())
+    except ValueError as err:
+        assert "cannot locate the transformer blocks of Odd" in str(err) and "['a', 'b']" in str(err)
+    else:
+        raise AssertionError("two candidate block lists were accepted")
