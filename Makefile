@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python -m bench.train
 	$(BIN)/python -m bench.curation
 	$(BIN)/python -m bench.padding_tolerance
+	$(BIN)/python -m bench.synthesis
 
 clean-runs:
 	rm -rf runs/

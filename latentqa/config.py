@@ -38,7 +38,8 @@ class EndpointConfig(Section):
     """An OpenAI-compatible endpoint. No base_url: the pipeline serves `local_model` on 127.0.0.1 itself."""
 
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset(
-        {"base_url", "api_key_env", "timeout_s", "max_retries", "concurrency", "max_batch"})
+        {"base_url", "api_key_env", "timeout_s", "max_retries", "concurrency", "max_batch", "max_cost_usd",
+         "price_prompt_per_mtok", "price_completion_per_mtok"})
     base_url: str | None = None
     model_id: str | None = Field(None, description="model name sent to the endpoint; default: local_model")
     local_model: str = DEFAULT_MODEL
@@ -48,6 +49,10 @@ class EndpointConfig(Section):
     max_retries: int = Field(4, ge=0)
     concurrency: int = Field(16, ge=1)
     max_batch: int = Field(16, ge=1, description="local server only: requests generated together")
+    price_prompt_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    price_completion_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    max_cost_usd: float | None = Field(None, gt=0, description="hard cap on new spend in one run; replies "
+                                       "already paid for are kept, and cached replies cost nothing")
 
     @property
     def served_model(self) -> str:
@@ -120,7 +125,7 @@ class FilterConfig(Section):
     keep_where: dict[str, str] = Field({}, description="name -> SQL condition a QA row must meet to be kept")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "FilterConfig":
+    def _bounds(self) -> FilterConfig:
         if self.min_answer_chars >= self.max_answer_chars:
             raise ValueError(f"filter.min_answer_chars={self.min_answer_chars} must be < max_answer_chars")
         return self
@@ -179,7 +184,7 @@ class RunConfig(Section):
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
-    def _train_reads_an_extracted_layer(self) -> "RunConfig":
+    def _train_reads_an_extracted_layer(self) -> RunConfig:
         if self.train.read_layer is not None and self.train.read_layer not in self.extract.read_layers:
             raise ValueError(f"train.read_layer={self.train.read_layer} is not among extract.read_layers="
                              f"{self.extract.read_layers}")
@@ -200,7 +205,7 @@ def load_config(path: Path | str) -> RunConfig:
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     catalog = raw.get("catalog") or {}
     if isinstance(catalog, dict) and catalog.get("paths"):
-        catalog["paths"] = [str((path.parent / p)) if not Path(p).is_absolute() else p for p in catalog["paths"]]
+        catalog["paths"] = [str(path.parent / p) if not Path(p).is_absolute() else p for p in catalog["paths"]]
     return parse_config(raw, source=str(path))
 
 

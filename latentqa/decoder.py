@@ -137,7 +137,7 @@ class DecoderInfo:
         path.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "DecoderInfo":
+    def load(cls, path: Path) -> DecoderInfo:
         info = cls(**json.loads(path.read_text()))
         if info.prompt_format != PROMPT_FORMAT:
             raise ValueError(f"{path}: prompt_format {info.prompt_format} != supported {PROMPT_FORMAT}")

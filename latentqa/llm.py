@@ -54,13 +54,41 @@ class Result:
         return self.reply is not None
 
 
+@dataclass
+class Budget:
+    """Spend control: a request is sent only if its worst case (prompt estimate plus max_tokens) still fits."""
+
+    max_usd: float | None = None
+    prompt_per_mtok: float = 0.0
+    completion_per_mtok: float = 0.0
+    spent: float = 0.0
+    reserved: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt_per_mtok + completion_tokens * self.completion_per_mtok) / 1e6
+
+    def reserve(self, usd: float) -> bool:
+        if self.max_usd is not None and self.spent + self.reserved + usd > self.max_usd:
+            return False
+        self.reserved += usd
+        return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.reserved -= reserved
+        self.spent += actual
+
+
+FALLBACK = {"json_schema": "json_object", "json_object": "none"}
+
+
 class LLM:
     """An async structured-output client bound to one endpoint and model."""
 
     def __init__(self, cfg: EndpointConfig, base_url: str, api_key: SecretStr, cache: ResponseCache,
                  key_fn, backoff_s: float = 1.0):
         self.cfg, self.cache, self.key_fn, self.backoff_s = cfg, cache, key_fn, backoff_s
-        self.model = cfg.served_model
+        self.model, self.mode = cfg.served_model, cfg.structured_output
+        self.budget = Budget(cfg.max_cost_usd, cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok)
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key.get_secret_value(),
                                          timeout=cfg.timeout_s, max_retries=0)
         self.semaphore = asyncio.Semaphore(cfg.concurrency)
@@ -69,7 +97,7 @@ class LLM:
         await self.client.close()
 
     def _request(self, messages: list[dict], schema: dict, params: dict[str, Any]) -> dict[str, Any]:
-        mode = self.cfg.structured_output
+        mode = self.mode
         if mode != "json_schema":  # the server cannot enforce the schema: describe it in the prompt
             messages = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"]
                                          + SCHEMA_HINT.format(schema=json.dumps(schema))}]
@@ -83,20 +111,23 @@ class LLM:
 
     async def complete(self, messages: list[dict], reply_model: type[Reply], params: dict[str, Any]) -> Result:
         schema = json_schema(reply_model)
-        result = Result(None)
-        for _attempt in range(SCHEMA_RETRIES + 1):
+        result, attempt = Result(None), 0
+        while attempt <= SCHEMA_RETRIES:
             body = self._request(messages, schema, params)
             key = self.key_fn(body)
             text = self.cache.get(key)
             if text is None:
                 text, reason, detail, attempts = await self._send(body)
                 result.sent += attempts
+                if reason == "unsupported_format" and self.mode in FALLBACK:
+                    self.mode = FALLBACK[self.mode]  # the server refused this response_format: ask with less
+                    continue
                 if text is None:
                     result.reason, result.detail = reason, detail
                     return result
-                self.cache.put(key, self.model, text)
             else:
                 result.cached += 1
+            attempt += 1
             try:
                 result.reply = validate_reply(reply_model, text)
                 result.reason, result.detail = "ok", ""
@@ -109,20 +140,32 @@ class LLM:
         return result
 
     async def _send(self, body: dict[str, Any]) -> tuple[str | None, str, str, int]:
-        """(content, reason, detail, HTTP attempts); retries transient failures only."""
+        """(content, reason, detail, HTTP attempts); retries transient failures only. The reply is stored in the
+        cache here, as soon as it arrives, with its token counts."""
         reason, detail = "unknown", ""
+        worst = self.budget.cost(len(json.dumps(body["messages"])) // 3, body.get("max_tokens") or 1024)
+        if not self.budget.reserve(worst):
+            return None, "budget_exceeded", f"endpoint.max_cost_usd={self.budget.max_usd} reached", 0
         for attempt in range(self.cfg.max_retries + 1):
             wait = None
             try:
                 async with self.semaphore:
                     response = await self.client.chat.completions.create(**body)
-                return response.choices[0].message.content or "", "ok", "", attempt + 1
+                text, usage = response.choices[0].message.content or "", response.usage
+                n_in, n_out = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+                self.budget.settle(worst, self.budget.cost(n_in, n_out))
+                self.cache.put(self.key_fn(body), self.model, text, n_in, n_out)
+                return text, "ok", "", attempt + 1
             except openai.APITimeoutError as err:
                 reason, detail = "timeout", str(err)
             except openai.RateLimitError as err:
                 reason, detail, wait = "http_429", str(err)[:200], _retry_after(err)
             except openai.APIStatusError as err:
+                if err.status_code == 400 and "response_format" in str(err):
+                    self.budget.settle(worst, 0.0)
+                    return None, "unsupported_format", str(err)[:200], attempt + 1
                 if err.status_code < 500:
+                    self.budget.settle(worst, 0.0)
                     return None, f"http_{err.status_code}", str(err)[:200], attempt + 1
                 reason, detail, wait = "http_5xx", str(err)[:200], _retry_after(err)
             except openai.APIConnectionError as err:
@@ -130,6 +173,7 @@ class LLM:
             if attempt < self.cfg.max_retries:
                 delay = wait if wait is not None else self.backoff_s * 2 ** attempt
                 await asyncio.sleep(delay * (1 + 0.25 * random.random()))
+        self.budget.settle(worst, 0.0)
         return None, reason, detail, self.cfg.max_retries + 1
 
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,7 +91,7 @@ class Store:
         return [read_manifest(p.parent) for p in sorted(self.root.glob(f"*/*/{MANIFEST}")) if is_stage_dir(p.parent)]
 
     @contextmanager
-    def open_stage(self, stage: str, fp: str) -> Iterator["StageDir"]:
+    def open_stage(self, stage: str, fp: str) -> Iterator[StageDir]:
         """Open <stage>/<fp12>.partial/ for writing, keeping what an earlier killed run finished there."""
         final = self.stage_dir(stage, fp)
         partial = final.with_name(final.name + PARTIAL)
@@ -154,7 +154,7 @@ class StageDir:
             counts=counts or {},
             files=files,
             summary=summary or {},
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             elapsed_s=round(time.monotonic() - self.started, 3),
             flow_run_id=flow_run_id,
             cache_token=cache_token,

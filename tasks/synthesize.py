@@ -94,6 +94,7 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
     with store.open_stage(STAGE, fp) as out, _endpoint(endpoint) as base_url:
         llm = LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
         results = asyncio.run(_run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded")))
+        _check_budget(results, llm)
         dialogs, qa, rejected = [], [], []
         for control, (d, a, questions) in zip(rows, results):
             for acc, new in zip((dialogs, qa, rejected), _rows(control, d, a, questions)):
@@ -109,13 +110,23 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
         manifest = out.commit(version=VERSION, inputs=[controls], rows=n, counts=counts,
                               config={"synthesize": cfg.model_dump(mode="json"),
                                       "endpoint": endpoint.model_dump(mode="json", exclude={"base_url"})},
-                              summary={"model_id": endpoint.served_model, "local_endpoint": not endpoint.base_url},
+                              summary={"model_id": endpoint.served_model, "local_endpoint": not endpoint.base_url,
+                                       "structured_output": llm.mode, "spent_usd": round(llm.budget.spent, 6)},
                               **provenance())
     cache.close()
     logger().info("synthesize: %d dialogs, %d QA pairs, %d failed controls (%d sent, %d cached)",
                           n["dialogs.parquet"], n["qa.parquet"], len({r["label"] for r in rejected}), sent, cached)
     publish(manifest, store)
     return manifest
+
+
+def _check_budget(results, llm: LLM) -> None:
+    stopped = sum(r.reason == "budget_exceeded" for res in results for r in res[:2])
+    if stopped:
+        raise RuntimeError(
+            f"synthesize stopped at endpoint.max_cost_usd={llm.budget.max_usd}: spent ${llm.budget.spent:.4f}, "
+            f"{stopped} requests not sent. Every reply paid for is kept in requests.sqlite; raise the cap and rerun "
+            "to send only the rest")
 
 
 def _reason_counts(rejected: list[dict]) -> dict[str, int]:

@@ -3,6 +3,8 @@
 The last user message picks the behaviour: it may contain `fault=<kind>x<n>`, and the first n requests with
 that message get the fault (429 with Retry-After, 500, a hang past the client's timeout, text that is not
 JSON, JSON that fails the schema); later ones get `reply` (a dict, or a function of the request body).
+Every reply reports 100 prompt and 50 completion tokens; `latency_s` delays each answer; a response_format
+type not in `formats` gets the 400 that servers without structured outputs send.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FaultServer:
-    def __init__(self, reply: dict | Callable[[dict], dict], hang_s: float = 2.0):
-        self.reply, self.hang_s = reply, hang_s
+    def __init__(self, reply: dict | Callable[[dict], dict], hang_s: float = 2.0, latency_s: float = 0.0,
+                 formats: tuple[str, ...] = ("json_schema", "json_object")):
+        self.reply, self.hang_s, self.latency_s, self.formats = reply, hang_s, latency_s, formats
         self.seen: dict[str, int] = {}
         self.requests = 0
         self.auth_headers: list[str] = []
@@ -52,6 +55,11 @@ class FaultServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if server.latency_s:
+                    time.sleep(server.latency_s)
+                fmt = (body.get("response_format") or {}).get("type")
+                if fmt and fmt not in server.formats:  # as servers without structured outputs answer
+                    return self._send(400, {"error": {"message": f"response_format {fmt} is not supported"}})
                 message = body["messages"][-1]["content"]
                 with server._lock:
                     server.requests += 1
@@ -73,6 +81,6 @@ class FaultServer:
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": content}}],
-                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+                                 "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}})
 
         return Handler

@@ -50,7 +50,9 @@ def test_shipped_configs_validate(name):
 
 def test_config_is_frozen():
     cfg = RunConfig()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.train.lr = 1.0
 
 

@@ -86,3 +86,33 @@ def test_local_server_returns_schema_valid_json(tiny_model_dir, tmp_path):
     # a random 4-block model, constrained by the grammar, still writes JSON that parses against the schema
     assert all(r.reason in ("ok", "schema_invalid") for r in results)
     assert sum(r.ok for r in results) >= 3, [r.detail for r in results]
+
+
+def test_unsupported_response_format_falls_back(tmp_path):
+    with FaultServer(REPLY, formats=()) as server:  # a server with no structured outputs at all
+        endpoint = EndpointConfig(base_url=server.base_url, model_id="m", structured_output="json_schema")
+
+        async def go():
+            llm = LLM(endpoint, server.base_url, read_api_key(endpoint, local=True), RequestCache(tmp_path / "r.sqlite"),
+                      request_key)
+            try:
+                return await llm.complete(_msgs("plain"), dialog_reply(80), {}), llm.mode
+            finally:
+                await llm.close()
+
+        result, mode = asyncio.run(go())
+    assert result.ok and mode == "none" and result.sent == 3  # json_schema, json_object, then the prompt alone
+
+
+def test_budget_stops_new_spend_and_keeps_what_was_paid(tmp_path):
+    cache = RequestCache(tmp_path / "r.sqlite")
+    # each reply costs (100 * 10 + 50 * 20) / 1e6 = $0.002; a request reserves its worst case first (1024 tokens)
+    prices = {"price_prompt_per_mtok": 10.0, "price_completion_per_mtok": 20.0}
+    with FaultServer(REPLY) as server:
+        results = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(20)], concurrency=1,
+                       max_cost_usd=0.05, **prices)
+        paid = [r for r in results if r.ok]
+        assert 0 < len(paid) < 20 and server.requests == len(paid)
+        assert {r.reason for r in results if not r.ok} == {"budget_exceeded"}
+        again = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(20)], concurrency=1, **prices)
+    assert all(r.ok for r in again) and server.requests == 20  # the rerun sent only what was not paid for

@@ -85,3 +85,50 @@ def test_too_many_failures_fail_the_stage(prefect_harness, tmp_path, monkeypatch
                            str(tmp_path / "store"), return_state=True)
     assert state.is_failed() and "max_fail_fraction" in state.message
     assert not list((tmp_path / "store" / "synthesize").glob("*/manifest.json"))
+
+
+KILL_SCRIPT = """
+import sys
+from latentqa.config import EndpointConfig, SynthesizeConfig
+from storage.store import Store
+from tasks.synthesize import synthesize
+store = Store(sys.argv[1])
+synthesize.fn(SynthesizeConfig.model_validate_json(sys.argv[2]), EndpointConfig.model_validate_json(sys.argv[3]),
+              store.finished("catalog", sys.argv[4]), store)
+"""
+
+
+def test_sigkill_then_rerun_sends_only_missing_requests(tmp_path, monkeypatch):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tasks.catalog import load_catalog as catalog_task
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    cfg = SynthesizeConfig(n_description=2)
+    with FaultServer(reply_for, latency_s=0.3) as server:
+        endpoint = EndpointConfig(base_url=server.base_url, model_id="m", concurrency=1)
+        ref_store, kill_store = Store(tmp_path / "ref"), Store(tmp_path / "killed")
+        ref = synthesize.fn(cfg, endpoint, catalog_task.fn(CatalogConfig(n_controls=6), ref_store), ref_store)
+        controls = catalog_task.fn(CatalogConfig(n_controls=6), kill_store)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(kill_store.root), cfg.model_dump_json(),
+                                 endpoint.model_dump_json(), controls.fingerprint])
+        db = kill_store.root / "requests.sqlite"
+        deadline = time.monotonic() + 60
+        while not db.exists() or sqlite3.connect(db).execute("SELECT count(*) FROM responses").fetchone()[0] < 4:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.6)  # the killed client's request in flight still reaches the server; let it land first
+        stored = sqlite3.connect(db).execute("SELECT count(*) FROM responses").fetchone()[0]
+        assert kill_store.finished("synthesize", ref.fingerprint) is None
+        before = server.requests
+        resumed = synthesize.fn(cfg, endpoint, controls, kill_store)
+        sent = server.requests - before
+    assert sent == ref.counts["requests_sent"] - stored == resumed.counts["requests_sent"]
+    assert resumed.counts["requests_cached"] == stored
+    for name in ("dialogs.parquet", "qa.parquet"):
+        assert pq.read_table(kill_store.path(resumed, name)).equals(pq.read_table(ref_store.path(ref, name)))
