@@ -21,9 +21,11 @@ from tasks.filter import filter_qa
 store = Store(sys.argv[1])
 m = filter_qa.fn(FilterConfig(max_qa_per_control=8), store.finished("synthesize", "1" * 64),
                  store.finished("extract", "2" * 64), store)
-import resource
+import re
 print("counts", m.counts)
-print("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, not ru_maxrss: the latter survives exec and would report the parent's peak if that was larger
+hwm_kb = int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read())[1])
+print("peak_rss_mb", hwm_kb // 1024)
 """
 
 

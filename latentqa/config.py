@@ -78,6 +78,8 @@ class CatalogConfig(Section):
 class SynthesizeConfig(Section):
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"max_fail_fraction"})
     n_description: int = Field(3, ge=1, description="description questions per control")
+    n_implication: int = Field(5, ge=0, description="LLM-written 'If the user ..., how will the assistant "
+                               "respond?' pairs per control")
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     frequency_penalty: float = Field(0.0, ge=0, le=2, description="discourages loops; the local server maps it "

@@ -45,6 +45,14 @@ Answer each question about the assistant in one short sentence, using only the i
 
 Reply as JSON: {{"answers": [...]}} with exactly {n} answers, in order, each under {max_chars} characters."""
 
+IMPLICATIONS = """An AI assistant has been given this instruction:
+"{control}"
+
+Write {n} questions about how the assistant will behave in a situation, each starting with "If the user", and
+answer each in one short sentence using only the instruction above.
+Reply as JSON: {{"pairs": [{{"question": "...", "answer": "..."}}, ...]}} with exactly {n} pairs, each field under
+{max_chars} characters."""
+
 SCHEMA_HINT = "\n\nThe JSON must match this schema:\n{schema}"
 RETRY = "Your previous reply was not valid: {error}. Reply again with JSON that matches the schema exactly."
 
@@ -64,4 +72,9 @@ def dialog_messages(control: str, max_chars: int) -> list[dict]:
 def answers_messages(control: str, questions: list[str], max_chars: int) -> list[dict]:
     listed = "\n".join(f"{i + 1}. {q}" for i, q in enumerate(questions))
     text = ANSWERS.format(control=control, questions=listed, n=len(questions), max_chars=max_chars)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def implications_messages(control: str, n: int, max_chars: int) -> list[dict]:
+    text = IMPLICATIONS.format(control=control, n=n, max_chars=max_chars)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]

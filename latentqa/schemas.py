@@ -28,6 +28,13 @@ def answers_reply(n: int, max_chars: int) -> type[Reply]:
     return model
 
 
+def implications_reply(n: int, max_chars: int) -> type[Reply]:
+    """Exactly n (question, answer) pairs about how the assistant behaves."""
+    text = (str, Field(min_length=1, max_length=max_chars))
+    pair = create_model("Pair", __base__=Reply, question=text, answer=text)
+    return create_model("ImplicationsReply", __base__=Reply, pairs=(list[pair], Field(min_length=n, max_length=n)))
+
+
 def json_schema(model: type[Reply]) -> dict[str, Any]:
     """The model's JSON schema with item string bounds filled in (pydantic leaves list items unbounded)."""
     schema = model.model_json_schema()

@@ -2,6 +2,7 @@
 
 Reads   catalog/<fp>/controls.parquet
 Writes  synthesize/<fp>/{dialogs,qa,rejected}.parquet + manifest.json   (storage/PROTOCOL.md, "synthesize")
+        qa rows are `description` (fixed questions answered by the LLM) or `implication` (LLM-written pairs).
 Resume  every reply is kept in <root>/requests.sqlite as it arrives; a rerun after a kill sends only the
         requests without a stored reply. With no endpoint.base_url the project's own server is started.
 """
@@ -16,8 +17,8 @@ from prefect import task
 
 from latentqa.config import EndpointConfig, SynthesizeConfig
 from latentqa.llm import LLM, Result, read_api_key
-from latentqa.prompts import answers_messages, description_questions, dialog_messages
-from latentqa.schemas import answers_reply, dialog_reply
+from latentqa.prompts import answers_messages, description_questions, dialog_messages, implications_messages
+from latentqa.schemas import answers_reply, dialog_reply, implications_reply
 from latentqa.server import local_server
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
@@ -43,27 +44,35 @@ def _endpoint(endpoint: EndpointConfig):
             yield url
 
 
-async def _expand(llm: LLM, control: dict, cfg: SynthesizeConfig, params: dict) -> tuple[Result, Result, list[str]]:
-    """Two calls per control: the dialog, then answers to the family's description questions."""
+async def _expand(llm: LLM, control: dict, cfg: SynthesizeConfig, params: dict) -> tuple[dict[str, Result], list[str]]:
+    """Up to three calls per control: the dialog, answers to the family's description questions, and
+    LLM-written implication pairs ("If the user ..., how will the assistant respond?")."""
+    text, n = control["text"], cfg.max_chars
     questions = description_questions(control["family"], cfg.n_description)
-    dialog = llm.complete(dialog_messages(control["text"], cfg.max_chars), dialog_reply(cfg.max_chars), params)
-    answers = llm.complete(answers_messages(control["text"], questions, cfg.max_chars),
-                           answers_reply(len(questions), cfg.max_chars), params)
-    d, a = await asyncio.gather(dialog, answers)
-    return d, a, questions
+    calls = {"dialog": llm.complete(dialog_messages(text, n), dialog_reply(n), params),
+             "answers": llm.complete(answers_messages(text, questions, n), answers_reply(len(questions), n), params)}
+    if cfg.n_implication:
+        calls["implications"] = llm.complete(implications_messages(text, cfg.n_implication, n),
+                                             implications_reply(cfg.n_implication, n), params)
+    results = await asyncio.gather(*calls.values())
+    return dict(zip(calls, results)), questions
 
 
-def _rows(control: dict, d: Result, a: Result, questions: list[str]) -> tuple[list, list, list]:
+def _rows(control: dict, results: dict[str, Result], questions: list[str]) -> tuple[list, list, list]:
+    """A control is kept whole or rejected whole: a dialog without its QA pairs teaches nothing."""
     label = control["label"]
     rejected = [{"item_id": label, "label": label, "step": step, "reason": r.reason, "detail": r.detail}
-                for step, r in (("dialog", d), ("answers", a)) if not r.ok]
+                for step, r in results.items() if not r.ok]
     if rejected:
         return [], [], rejected
     dialog_id = f"{label}:d0"
     meta = {"label": label, "family": control["family"], "category": control["category"]}
-    dialog = {"dialog_id": dialog_id, **meta, "control_user": control["text"], **d.reply.model_dump()}
-    qa = [{"qa_id": f"{dialog_id}:q{i}", "dialog_id": dialog_id, **meta, "kind": "description",
-           "question": q, "answer": ans.strip()} for i, (q, ans) in enumerate(zip(questions, a.reply.answers))]
+    dialog = {"dialog_id": dialog_id, **meta, "control_user": control["text"], **results["dialog"].reply.model_dump()}
+    pairs = [("description", q, a) for q, a in zip(questions, results["answers"].reply.answers)]
+    if "implications" in results:
+        pairs += [("implication", p.question, p.answer) for p in results["implications"].reply.pairs]
+    qa = [{"qa_id": f"{dialog_id}:q{i}", "dialog_id": dialog_id, **meta, "kind": kind, "question": q.strip(),
+           "answer": a.strip()} for i, (kind, q, a) in enumerate(pairs)]
     return [dialog], qa, []
 
 
@@ -96,14 +105,14 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
         results = asyncio.run(_run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded")))
         _check_budget(results, llm)
         dialogs, qa, rejected = [], [], []
-        for control, (d, a, questions) in zip(rows, results):
-            for acc, new in zip((dialogs, qa, rejected), _rows(control, d, a, questions)):
+        for control, (calls, questions) in zip(rows, results):
+            for acc, new in zip((dialogs, qa, rejected), _rows(control, calls, questions)):
                 acc.extend(new)
         _check_failures(len(rows), rejected, cfg.max_fail_fraction)
         n = {name: write_table(out.file(name), data, schema) for name, data, schema in
              (("dialogs.parquet", dialogs, DIALOGS), ("qa.parquet", qa, QA), ("rejected.parquet", rejected, REJECTED))}
-        sent = sum(r.sent for res in results for r in res[:2])
-        cached = sum(r.cached for res in results for r in res[:2])
+        sent = sum(r.sent for calls, _ in results for r in calls.values())
+        cached = sum(r.cached for calls, _ in results for r in calls.values())
         counts = {"n_controls": len(rows), "n_dialogs": n["dialogs.parquet"], "n_qa": n["qa.parquet"],
                   "requests_sent": sent, "requests_cached": cached,
                   **_reason_counts(rejected)}
@@ -121,7 +130,7 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
 
 
 def _check_budget(results, llm: LLM) -> None:
-    stopped = sum(r.reason == "budget_exceeded" for res in results for r in res[:2])
+    stopped = sum(r.reason == "budget_exceeded" for calls, _ in results for r in calls.values())
     if stopped:
         raise RuntimeError(
             f"synthesize stopped at endpoint.max_cost_usd={llm.budget.max_usd}: spent ${llm.budget.spent:.4f}, "

@@ -20,9 +20,12 @@ SECRET = "sk-latentqa-test-SECRET-7f3a9c"
 
 
 def reply_for(body: dict) -> dict:
-    """A valid reply for whichever of the two synthesis steps the request is."""
+    """A valid reply for whichever of the three synthesis steps the request is (2 answers, 2 pairs)."""
     if '"answers"' in body["messages"][-1]["content"]:
         return {"answers": ["A cheerful persona.", "Friendly and warm."]}
+    if '"pairs"' in body["messages"][-1]["content"]:
+        return {"pairs": [{"question": "If the user is sad, how will the assistant respond?", "answer": "Kindly."},
+                          {"question": "If the user asks for help, what will it do?", "answer": "Help warmly."}]}
     return {"control_model": "Sure.", "stimulus_user": "Hi!", "stimulus_model": "Hello, friend!"}
 
 
@@ -40,12 +43,14 @@ def test_synthesize_writes_schema_tables_and_never_the_key(prefect_harness, tmp_
     with FaultServer(reply_for) as server:
         endpoint = EndpointConfig(base_url=server.base_url, model_id="test-model", api_key_env="LATENTQA_SECRET_KEY",
                                   structured_output="json_object")
-        state = synth_flow(CatalogConfig(n_controls=4), SynthesizeConfig(n_description=2), endpoint,
+        state = synth_flow(CatalogConfig(n_controls=4), SynthesizeConfig(n_description=2, n_implication=2), endpoint,
                            str(tmp_path / "store"), return_state=True)
         assert state.is_completed(), state.message
     assert server.auth_headers and all(h == f"Bearer {SECRET}" for h in server.auth_headers)  # the key was used...
     manifest, store = state.result(), Store(tmp_path / "store")
-    assert manifest.counts["n_dialogs"] == 4 and manifest.counts["n_qa"] == 8
+    assert manifest.counts["n_dialogs"] == 4 and manifest.counts["n_qa"] == 16
+    assert sorted(set(pq.read_table(store.path(manifest, "qa.parquet")).column("kind").to_pylist())) == \
+        ["description", "implication"]
     assert same_columns(pq.read_schema(store.path(manifest, "dialogs.parquet")), DIALOGS)
     qa = pq.read_table(store.path(manifest, "qa.parquet"))
     assert same_columns(qa.schema, QA)
@@ -68,7 +73,8 @@ def test_failures_are_accounted_for_with_reasons(prefect_harness, tmp_path, monk
 
     with FaultServer(only_dialogs) as server:
         endpoint = EndpointConfig(base_url=server.base_url, model_id="m", structured_output="none")
-        state = synth_flow(CatalogConfig(n_controls=3), SynthesizeConfig(n_description=2, max_fail_fraction=1.0),
+        state = synth_flow(CatalogConfig(n_controls=3), SynthesizeConfig(n_description=2, n_implication=0,
+                                                                          max_fail_fraction=1.0),
                            endpoint, str(tmp_path / "store"), return_state=True)
     manifest = state.result()
     assert manifest.counts["n_dialogs"] == 0
@@ -81,7 +87,7 @@ def test_too_many_failures_fail_the_stage(prefect_harness, tmp_path, monkeypatch
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     with FaultServer({"wrong": 1}) as server:
         endpoint = EndpointConfig(base_url=server.base_url, model_id="m")
-        state = synth_flow(CatalogConfig(n_controls=2), SynthesizeConfig(n_description=1), endpoint,
+        state = synth_flow(CatalogConfig(n_controls=2), SynthesizeConfig(n_description=1, n_implication=0), endpoint,
                            str(tmp_path / "store"), return_state=True)
     assert state.is_failed() and "max_fail_fraction" in state.message
     assert not list((tmp_path / "store" / "synthesize").glob("*/manifest.json"))
@@ -107,7 +113,7 @@ def test_sigkill_then_rerun_sends_only_missing_requests(tmp_path, monkeypatch):
     from tasks.catalog import load_catalog as catalog_task
 
     monkeypatch.setenv("OPENAI_API_KEY", "test")
-    cfg = SynthesizeConfig(n_description=2)
+    cfg = SynthesizeConfig(n_description=2, n_implication=2)
     with FaultServer(reply_for, latency_s=0.3) as server:
         endpoint = EndpointConfig(base_url=server.base_url, model_id="m", concurrency=1)
         ref_store, kill_store = Store(tmp_path / "ref"), Store(tmp_path / "killed")
