@@ -5,6 +5,7 @@ maxLength bounds every string so a constrained reply always finishes inside max_
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -14,12 +15,14 @@ class Reply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@lru_cache(maxsize=64)  # one class (and schema) per shape: building them costs milliseconds
 def dialog_reply(max_chars: int) -> type[Reply]:
     """The assistant's acknowledgement of the control, a user stimulus, and a reply showing the behaviour."""
     text = (str, Field(min_length=1, max_length=max_chars))
     return create_model("DialogReply", __base__=Reply, control_model=text, stimulus_user=text, stimulus_model=text)
 
 
+@lru_cache(maxsize=64)  # one class (and schema) per shape: building them costs milliseconds
 def answers_reply(n: int, max_chars: int) -> type[Reply]:
     """Exactly n answers, one per question, in order."""
     answers = (list[str], Field(min_length=n, max_length=n))
@@ -28,6 +31,7 @@ def answers_reply(n: int, max_chars: int) -> type[Reply]:
     return model
 
 
+@lru_cache(maxsize=64)  # one class (and schema) per shape: building them costs milliseconds
 def implications_reply(n: int, max_chars: int) -> type[Reply]:
     """Exactly n (question, answer) pairs about how the assistant behaves."""
     text = (str, Field(min_length=1, max_length=max_chars))
@@ -35,6 +39,7 @@ def implications_reply(n: int, max_chars: int) -> type[Reply]:
     return create_model("ImplicationsReply", __base__=Reply, pairs=(list[pair], Field(min_length=n, max_length=n)))
 
 
+@lru_cache(maxsize=64)
 def json_schema(model: type[Reply]) -> dict[str, Any]:
     """The model's JSON schema with item string bounds filled in (pydantic leaves list items unbounded)."""
     schema = model.model_json_schema()

@@ -17,6 +17,11 @@ from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default backlog of 5 refuses bursts of concurrent clients
+    daemon_threads = True
+
+
 class FaultServer:
     def __init__(self, reply: dict | Callable[[dict], dict], hang_s: float = 2.0, latency_s: float = 0.0,
                  formats: tuple[str, ...] = ("json_schema", "json_object")):
@@ -25,7 +30,7 @@ class FaultServer:
         self.requests = 0
         self.auth_headers: list[str] = []
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def __enter__(self):
