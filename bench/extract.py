@@ -21,7 +21,7 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks, load_model
-from latentqa.reading import length_batches, read_layers
+from latentqa.reading import length_batches, read_layers, right_pad
 from storage.parquet import activation_rows, write_table
 
 TOPICS = ["the weather", "a new recipe", "my commute", "a job interview", "learning piano", "a trip to Rome",
@@ -62,12 +62,7 @@ def run_stage(loaded, encoded, ids, layer, out_dir: Path, batch_tokens: int) -> 
     start = time.perf_counter()
     acts = {}
     for batch in length_batches({i: len(encoded[i].token_ids) for i in ids}, batch_tokens):
-        width = max(len(encoded[i].token_ids) for i in batch)
-        ids_bt = torch.zeros((len(batch), width), dtype=torch.long)
-        mask_bt = torch.zeros_like(ids_bt)
-        for b, i in enumerate(batch):
-            ids_bt[b, : len(encoded[i].token_ids)] = torch.tensor(encoded[i].token_ids)
-            mask_bt[b, : len(encoded[i].token_ids)] = 1
+        ids_bt, mask_bt = right_pad([encoded[i].token_ids for i in batch], 0)
         out = read_layers(loaded.model, ids_bt.to(loaded.device), mask_bt.to(loaded.device), [layer])[layer]
         for b, i in enumerate(batch):
             acts[i] = out[b, encoded[i].n_prefix: len(encoded[i].token_ids)].float().cpu().numpy()

@@ -15,7 +15,7 @@ import torch
 from bench.extract import make_dialogs
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_model
-from latentqa.reading import length_batches, read_layers
+from latentqa.reading import length_batches, read_layers, right_pad
 
 
 def main() -> None:
@@ -31,12 +31,7 @@ def main() -> None:
     encoded = {d["dialog_id"]: encode_dialog(loaded.tokenizer, d, "stimulus_completion") for d in make_dialogs(args.dialogs)}
     worst_abs, worst_rel, hook_diff = 0.0, 0.0, 0.0
     for batch in length_batches({i: len(e.token_ids) for i, e in encoded.items()}, 4096):
-        width = max(len(encoded[i].token_ids) for i in batch)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, i in enumerate(batch):
-            ids[b, : len(encoded[i].token_ids)] = torch.tensor(encoded[i].token_ids)
-            mask[b, : len(encoded[i].token_ids)] = 1
+        ids, mask = right_pad([encoded[i].token_ids for i in batch], 0)
         batched = read_layers(loaded.model, ids.to(loaded.device), mask.to(loaded.device), [args.layer])[args.layer]
         for b, i in enumerate(batch):
             one = torch.tensor([encoded[i].token_ids], device=loaded.device)

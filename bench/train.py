@@ -24,7 +24,7 @@ from latentqa.config import TrainConfig
 from latentqa.decoder import batch_loss, collate, encode_example, make_decoder, placeholder_id
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_model
-from latentqa.reading import read_layers
+from latentqa.reading import read_layers, right_pad
 from latentqa.training import length_grouped_batches, make_optimizer
 from tasks.extract import read_batches
 
@@ -76,12 +76,7 @@ def main() -> None:
         start = time.perf_counter()
         for idx in batches:
             if mode.startswith("reference"):  # the target pass, recomputed: same weights, adapter switched off
-                width = max(len(kept[i]["token_ids"]) for i in idx)
-                ids = torch.zeros((len(idx), width), dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for b, i in enumerate(idx):
-                    ids[b, : len(kept[i]["token_ids"])] = torch.tensor(kept[i]["token_ids"])
-                    mask[b, : len(kept[i]["token_ids"])] = 1
+                ids, mask = right_pad([kept[i]["token_ids"] for i in idx], tok.pad_token_id)
                 with decoder.disable_adapter(), torch.no_grad():
                     if mode == "reference-full":
                         out = decoder(input_ids=ids.to(device), attention_mask=mask.to(device),

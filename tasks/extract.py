@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from latentqa.config import ExtractConfig, ModelConfig
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_tokenizer, pick_device, pick_dtype, shared_model
-from latentqa.reading import length_batches, read_layers
+from latentqa.reading import length_batches, read_layers, right_pad
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table
@@ -106,12 +106,7 @@ def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: i
 
 
 def _forward(loaded, batch: list[dict], layers: list[int]) -> dict[int, dict[str, Any]]:
-    width = max(len(d["token_ids"]) for d in batch)
-    ids_bt = torch.full((len(batch), width), loaded.tokenizer.pad_token_id or 0, dtype=torch.long)
-    mask_bt = torch.zeros_like(ids_bt)
-    for b, d in enumerate(batch):  # right padding: real positions are exact under causal attention
-        ids_bt[b, : len(d["token_ids"])] = torch.tensor(d["token_ids"])
-        mask_bt[b, : len(d["token_ids"])] = 1
+    ids_bt, mask_bt = right_pad([d["token_ids"] for d in batch], loaded.tokenizer.pad_token_id or 0)
     acts_btd = read_layers(loaded.model, ids_bt.to(loaded.device), mask_bt.to(loaded.device), layers)
     return {layer: {d["dialog_id"]: acts_btd[layer][b, d["n_prefix"]: len(d["token_ids"])].float().cpu().numpy()
                     for b, d in enumerate(batch)} for layer in layers}

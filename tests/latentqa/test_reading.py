@@ -4,7 +4,7 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks
-from latentqa.reading import read_layers
+from latentqa.reading import read_layers, right_pad
 from tests.conftest import DIALOGS
 
 
@@ -30,12 +30,7 @@ def test_early_stop_skips_later_blocks(tiny):
 
 def test_right_padded_batch_matches_single(tiny):
     encs = [encode_dialog(tiny.tokenizer, d, "stimulus") for d in DIALOGS]
-    width = max(len(e.token_ids) for e in encs)
-    ids = torch.zeros((len(encs), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, e in enumerate(encs):
-        ids[b, : len(e.token_ids)] = torch.tensor(e.token_ids)
-        mask[b, : len(e.token_ids)] = 1
+    ids, mask = right_pad([e.token_ids for e in encs], tiny.tokenizer.pad_token_id)
     batched = read_layers(tiny.model, ids, mask, [3])[3]
     for b, e in enumerate(encs):
         single = read_layers(tiny.model, torch.tensor([e.token_ids]), torch.ones((1, len(e.token_ids)), dtype=torch.long), [3])[3]

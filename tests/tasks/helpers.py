@@ -25,3 +25,23 @@ def make_synth(store: Store, dialogs: list[dict], qa: list[dict] | None = None):
         write_table(out.file("dialogs.parquet"), dialogs, DIALOGS)
         write_table(out.file("qa.parquet"), qa or [], QA)
         return out.commit(version=1, counts={"n_dialogs": len(dialogs)})
+
+
+def run_and_kill(args: list[str], ready, timeout_s: float = 120) -> None:
+    """Start `python -c ...args`, wait until ready() is true, then SIGKILL it: a stage killed mid-way."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", *args], cwd=os.getcwd())
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ready():
+            assert proc.poll() is None, "the stage ended before it could be killed"
+            assert time.monotonic() < deadline, f"not ready within {timeout_s}s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -1,11 +1,6 @@
 """extract: a SIGKILL mid-stage leaves nothing that looks finished, and the rerun equals an uninterrupted run."""
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,7 +9,7 @@ import torch
 from latentqa.config import ExtractConfig, ModelConfig
 from storage.store import Store
 from tasks.extract import extract
-from tests.tasks.helpers import SYNTH_FP, dialog_rows, make_synth
+from tests.tasks.helpers import SYNTH_FP, dialog_rows, make_synth, run_and_kill
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
@@ -45,16 +40,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_model_dir):
     reference = extract.fn(cfg, model, make_synth(ref_store, dialogs), ref_store)
     synth = make_synth(kill_store, dialogs)
 
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(kill_store.root), cfg.model_dump_json(),
-                             model.model_dump_json(), SYNTH_FP], cwd=os.getcwd())
     partial = kill_store.root / "extract" / (reference.fp12 + ".partial")
-    deadline = time.monotonic() + 120
-    while not list(partial.glob("part-00001.parquet")):
-        assert proc.poll() is None, "the stage ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_and_kill([KILL_SCRIPT, str(kill_store.root), cfg.model_dump_json(), model.model_dump_json(), SYNTH_FP],
+                 ready=lambda: (partial / "part-00001.parquet").exists())
 
     assert kill_store.finished("extract", reference.fingerprint) is None
     assert not (partial / "manifest.json").exists()

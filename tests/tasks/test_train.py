@@ -1,11 +1,6 @@
 """train: SIGKILL mid-training then a rerun ends with the adapter of an uninterrupted run, bit for bit on CPU."""
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import pyarrow.parquet as pq
 from safetensors.torch import load_file
@@ -15,7 +10,7 @@ from storage.parquet import SPLIT, write_table
 from storage.store import Store
 from tasks.extract import extract
 from tasks.train import train
-from tests.tasks.helpers import dialog_rows, make_synth
+from tests.tasks.helpers import dialog_rows, make_synth, run_and_kill
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, json
@@ -65,16 +60,9 @@ def test_sigkill_then_rerun_reaches_the_uninterrupted_adapter(tmp_path, tiny_mod
     reference = train.fn(CFG, model, *make_inputs(ref_store, model), ref_store)
     split, acts = make_inputs(kill_store, model)
 
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(kill_store.root), CFG.model_dump_json(),
-                             model.model_dump_json(), split.fingerprint, acts.fingerprint], cwd=os.getcwd())
     checkpoints = kill_store.root / "train" / (reference.fp12 + ".partial") / "checkpoints"
-    deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("step-000006")):
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_and_kill([KILL_SCRIPT, str(kill_store.root), CFG.model_dump_json(), model.model_dump_json(),
+                  split.fingerprint, acts.fingerprint], ready=lambda: (checkpoints / "step-000006").is_dir())
     assert kill_store.finished("train", reference.fingerprint) is None
 
     resumed = train.fn(CFG, model, split, acts, kill_store)
