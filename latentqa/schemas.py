@@ -6,9 +6,9 @@ maxLength bounds every string so a constrained reply always finishes inside max_
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 
 class Reply(BaseModel):
@@ -25,10 +25,9 @@ def dialog_reply(max_chars: int) -> type[Reply]:
 @lru_cache(maxsize=64)  # one class (and schema) per shape: building them costs milliseconds
 def answers_reply(n: int, max_chars: int) -> type[Reply]:
     """Exactly n answers, one per question, in order."""
-    answers = (list[str], Field(min_length=n, max_length=n))
-    model = create_model("AnswersReply", __base__=Reply, answers=answers)
-    model.__max_chars__ = max_chars
-    return model
+    # item constraints on the type itself: pydantic validates them and puts them in the JSON schema
+    item = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+    return create_model("AnswersReply", __base__=Reply, answers=(list[item], Field(min_length=n, max_length=n)))
 
 
 @lru_cache(maxsize=64)  # one class (and schema) per shape: building them costs milliseconds
@@ -41,22 +40,9 @@ def implications_reply(n: int, max_chars: int) -> type[Reply]:
 
 @lru_cache(maxsize=64)
 def json_schema(model: type[Reply]) -> dict[str, Any]:
-    """The model's JSON schema with item string bounds filled in (pydantic leaves list items unbounded)."""
-    schema = model.model_json_schema()
-    max_chars = getattr(model, "__max_chars__", None)
-    if max_chars is not None:
-        for prop in schema.get("properties", {}).values():
-            if prop.get("type") == "array":
-                prop["items"] = {"type": "string", "minLength": 1, "maxLength": max_chars}
-    return schema
+    return model.model_json_schema()
 
 
 def validate_reply(model: type[Reply], text: str) -> Reply:
     """Parse and validate a reply; raises pydantic.ValidationError naming the bad field."""
-    reply = model.model_validate_json(text)
-    max_chars = getattr(model, "__max_chars__", None)
-    if max_chars is not None:
-        for value in reply.model_dump().values():
-            if isinstance(value, list) and any(not s.strip() or len(s) > max_chars for s in value):
-                raise ValueError(f"an answer is empty or longer than {max_chars} characters")
-    return reply
+    return model.model_validate_json(text)

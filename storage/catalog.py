@@ -41,9 +41,9 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def resolve(store: Store, ref: str) -> str:
+def resolve(store: Store, ref: str, con: duckdb.DuckDBPyConnection | None = None) -> str:
     """The fingerprint of a stage directory given a path inside it, its directory, or a fingerprint prefix."""
-    con = connect(store)
+    con = con or connect(store)
     path = Path(ref)
     if path.exists():
         rel = path.resolve().relative_to(store.root).as_posix()
@@ -59,8 +59,8 @@ def resolve(store: Store, ref: str) -> str:
 
 def lineage(store: Store, ref: str) -> list[dict]:
     """The stage directory named by `ref` and every upstream directory, nearest first (a recursive query)."""
-    fp = resolve(store, ref)
-    con = connect(store)
+    con = connect(store)  # one read of the manifests for both queries
+    fp = resolve(store, ref, con)
     rows = con.execute(
         """
         WITH RECURSIVE chain(fingerprint, depth) AS (

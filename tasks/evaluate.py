@@ -25,7 +25,7 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import METRICS, write_table
 from storage.store import Store
-from tasks._common import load_examples, logger, provenance, publish, stage_cache_policy
+from tasks._common import activation_reader, load_examples, logger, provenance, publish, stage_cache_policy
 
 STAGE, VERSION = "evaluate", 1
 
@@ -83,7 +83,8 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         info = DecoderInfo.load(store.path(decoder, "decoder.json"))
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
         net = PeftModel.from_pretrained(loaded.model, store.path(decoder, "adapter")).eval()
-        rows, _, views = load_examples(store, split, acts, "eval.parquet", loaded.tokenizer, info.placeholder_id,
+        reader = activation_reader(store, acts)
+        rows, _, views = load_examples(store, split, reader, "eval.parquet", loaded.tokenizer, info.placeholder_id,
                                        info.read_layer)
         rows, views = rows[: cfg.max_examples], views[: cfg.max_examples]
         conditions = {"true": views}

@@ -25,7 +25,8 @@ from storage.manifest import Manifest
 from storage.parquet import CURVES, write_table
 from storage.plots import plot_curves
 from storage.store import Store
-from tasks._common import Progress, load_examples, logger, provenance, publish, publish_image, stage_cache_policy
+from tasks._common import (Progress, activation_reader, load_examples, logger, provenance, publish, publish_image,
+                           stage_cache_policy)
 
 STAGE, VERSION = "train", 2
 
@@ -45,8 +46,9 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
         tok, layer = loaded.tokenizer, cfg.read_layer if cfg.read_layer is not None else acts.summary["layers"][0]
         ph_id = placeholder_id(tok, cfg.placeholder)
-        _, *train_set = load_examples(store, split, acts, "train.parquet", tok, ph_id, layer, cfg.loss_on_ack)
-        _, *eval_set = load_examples(store, split, acts, "eval.parquet", tok, ph_id, layer, cfg.loss_on_ack,
+        reader = activation_reader(store, acts)  # both splits read the same parts: map them once
+        _, *train_set = load_examples(store, split, reader, "train.parquet", tok, ph_id, layer, cfg.loss_on_ack)
+        _, *eval_set = load_examples(store, split, reader, "eval.parquet", tok, ph_id, layer, cfg.loss_on_ack,
                                      limit=cfg.eval_examples)
         if not train_set[0]:
             raise RuntimeError(f"train: {store.path(split, 'train.parquet')} has no rows; nothing to train on")

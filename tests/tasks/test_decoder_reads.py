@@ -11,7 +11,7 @@ from latentqa.models import load_model
 from latentqa.training import eval_loss, fit
 from storage.parquet import SPLIT, write_table
 from storage.store import Store
-from tasks._common import load_examples
+from tasks._common import activation_reader, load_examples
 from tasks.extract import extract
 from tests.tasks.helpers import make_synth
 
@@ -49,8 +49,9 @@ def test_true_activations_beat_shuffled_on_held_out_dialogs(tmp_path, default_mo
 
     loaded = load_model(model.name)
     ph = placeholder_id(loaded.tokenizer, "?")
-    _, *train_set = load_examples(store, split_m, acts, "train.parquet", loaded.tokenizer, ph, 15)
-    eval_rows, eval_ex, eval_views = load_examples(store, split_m, acts, "eval.parquet", loaded.tokenizer, ph, 15)
+    reader = activation_reader(store, acts)
+    _, *train_set = load_examples(store, split_m, reader, "train.parquet", loaded.tokenizer, ph, 15)
+    eval_rows, eval_ex, eval_views = load_examples(store, split_m, reader, "eval.parquet", loaded.tokenizer, ph, 15)
     cfg = TrainConfig(lr=3e-4, batch_size=4, epochs=10, max_steps=50, eval_every=1000)
     decoder = make_decoder(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.seed)
     fit(decoder, tuple(train_set), ([], []), cfg, loaded.tokenizer.pad_token_id, loaded.device)

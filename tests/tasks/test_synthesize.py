@@ -105,12 +105,10 @@ synthesize.fn(SynthesizeConfig.model_validate_json(sys.argv[2]), EndpointConfig.
 
 
 def test_sigkill_then_rerun_sends_only_missing_requests(tmp_path, monkeypatch):
-    import signal
     import sqlite3
-    import subprocess
-    import sys
 
     from tasks.catalog import load_catalog as catalog_task
+    from tests.tasks.helpers import run_and_kill
 
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     cfg = SynthesizeConfig(n_description=2, n_implication=2)
@@ -119,17 +117,15 @@ def test_sigkill_then_rerun_sends_only_missing_requests(tmp_path, monkeypatch):
         ref_store, kill_store = Store(tmp_path / "ref"), Store(tmp_path / "killed")
         ref = synthesize.fn(cfg, endpoint, catalog_task.fn(CatalogConfig(n_controls=6), ref_store), ref_store)
         controls = catalog_task.fn(CatalogConfig(n_controls=6), kill_store)
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(kill_store.root), cfg.model_dump_json(),
-                                 endpoint.model_dump_json(), controls.fingerprint])
         db = kill_store.root / "requests.sqlite"
-        deadline = time.monotonic() + 60
-        while not db.exists() or sqlite3.connect(db).execute("SELECT count(*) FROM responses").fetchone()[0] < 4:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+
+        def stored_replies() -> int:
+            return sqlite3.connect(db).execute("SELECT count(*) FROM responses").fetchone()[0] if db.exists() else 0
+
+        run_and_kill([KILL_SCRIPT, str(kill_store.root), cfg.model_dump_json(), endpoint.model_dump_json(),
+                      controls.fingerprint], ready=lambda: stored_replies() >= 4, timeout_s=60)
         time.sleep(0.6)  # the killed client's request in flight still reaches the server; let it land first
-        stored = sqlite3.connect(db).execute("SELECT count(*) FROM responses").fetchone()[0]
+        stored = stored_replies()
         assert kill_store.finished("synthesize", ref.fingerprint) is None
         before = server.requests
         resumed = synthesize.fn(cfg, endpoint, controls, kill_store)
