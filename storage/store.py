@@ -59,13 +59,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class Store:
-    """The artifact store rooted at one directory."""
+    """The artifact store rooted at one directory; `dataset` names the run's dataset (artifact keys, versions)."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, dataset: str = "default"):
         self.root = Path(root).resolve()
+        self.dataset = dataset
 
     def __repr__(self) -> str:
-        return f"Store({str(self.root)!r})"
+        return f"Store({str(self.root)!r}, dataset={self.dataset!r})"
 
     def stage_dir(self, stage: str, fp: str) -> Path:
         return self.root / stage / fp[:FP_CHARS]

@@ -8,16 +8,22 @@ fresh, no cached result can match, and the task runs. A cache entry never stands
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
+import os
 import re
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.cache_policies import CacheKeyFnPolicy
 from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.assets import Asset, AssetProperties
+from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
+from prefect.tasks import MaterializingTask
 from prefect.transactions import get_transaction
 
 from latentqa.decoder import encode_example
@@ -56,6 +62,51 @@ def provenance() -> dict[str, str | None]:
     return {"flow_run_id": flow_run_id(), "cache_token": cache_token()}
 
 
+class StageTask(MaterializingTask):
+    """A stage task that declares its output directory as a Prefect asset when called.
+
+    The asset key is the stage directory's file:// URI, known only once the inputs are: so each call binds its
+    arguments, fingerprints them, and runs a copy of the task that materialises `file://<root>/<stage>/<fp12>`
+    with the input manifests' directories as `asset_deps`. Materialisation events then carry the lineage.
+    """
+
+    def __init__(self, fn: Callable, *, stage: str, fingerprint_of: Callable[[dict[str, Any]], str], **options):
+        super().__init__(fn=fn, assets=[], name=stage,
+                         cache_policy=stage_cache_policy(stage, fingerprint_of), result_serializer="json", **options)
+        self.stage, self.fingerprint_of = stage, fingerprint_of
+
+    def __call__(self, *args, **kwargs):
+        bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        params = bound.arguments
+        store: Store = params["store"]
+        fp = self.fingerprint_of(params)
+        deps = [stage_asset(store, m.stage, m.fingerprint) for m in params.values() if isinstance(m, Manifest)]
+        return self.with_options(assets=[stage_asset(store, self.stage, fp)], asset_deps=deps)(*args, **kwargs)
+
+
+def stage_task(stage: str, fingerprint_of: Callable[[dict[str, Any]], str], **options):
+    """Decorator: `fn` becomes the cached, asset-materialising Prefect task of `stage`."""
+    return lambda fn: StageTask(fn, stage=stage, fingerprint_of=fingerprint_of, **options)
+
+
+def stage_asset(store: Store, stage: str, fp: str) -> Asset:
+    path = store.stage_dir(stage, fp)
+    key = "file://" + re.sub(r"[\s#?&%\"'<>\\\[\]{}|^`;]", "_", path.as_posix())  # characters Prefect refuses in keys
+    return Asset(key=key, properties=AssetProperties(
+        name=f"{store.dataset} {stage} {fp[:12]}", url=key,
+        description=f"LatentQA {stage} output of dataset {store.dataset!r} (storage/PROTOCOL.md)"))
+
+
+def fail_if_asked(stage: str) -> None:
+    """Test-only fault: LATENTQA_TEST_FAIL=<stage>:<flag file> fails `stage` while the flag file exists, so an
+    end-to-end test can make a deployed run fail and then retry it (the worker keeps its environment)."""
+    spec = os.environ.get("LATENTQA_TEST_FAIL", "")
+    target, _, flag = spec.partition(":")
+    if target == stage and flag and Path(flag).exists():
+        raise RuntimeError(f"{stage}: failing on purpose (LATENTQA_TEST_FAIL, flag {flag} exists)")
+
+
 def logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a run, the `latentqa` logger outside (CLI, tests calling .fn)."""
     try:
@@ -68,9 +119,15 @@ def in_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
+# what each stage's artifacts are called in the UI: `<noun>-<dataset>`, one key per stage and dataset, so the
+# Artifacts page lists a stage's versions over time
+ARTIFACT_NOUNS = {"catalog": "controls", "synthesize": "synthesis", "extract": "activations", "filter": "dataset",
+                  "train": "decoder", "evaluate": "evaluation", "steer": "steering"}
+
+
 def artifact_key(stage: str, store: Store) -> str:
-    name = re.sub(r"[^a-z0-9-]+", "-", store.root.name.lower()).strip("-") or "store"
-    return f"{stage.replace('_', '-')}-{name}"
+    name = re.sub(r"[^a-z0-9-]+", "-", store.dataset.lower()).strip("-") or "default"
+    return f"{ARTIFACT_NOUNS.get(stage, stage.replace('_', '-'))}-{name}"
 
 
 def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = None) -> None:
@@ -78,13 +135,16 @@ def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = N
     if not in_run():
         return
     key = artifact_key(manifest.stage, store)
-    inputs = "\n".join(f"- {i.stage}: `{i.fingerprint[:12]}` ({i.dir})" for i in manifest.inputs) or "- none"
+    inputs = "\n".join(f"- {i.stage} `{i.fingerprint[:12]}`: [{i.dir}]({(store.root / i.dir).as_uri()})"
+                       f" (artifact `{artifact_key(i.stage, store)}`)" for i in manifest.inputs) or "- none"
     counts = "\n".join(f"| {k} | {v} |" for k, v in sorted(manifest.counts.items()))
     files = "\n".join(f"| {f.path} | {f.bytes} | {f.rows if f.rows is not None else ''} |" for f in manifest.files)
     md = (f"# {manifest.stage} `{manifest.fp12}`\n\n"
-          f"Directory: `{store.root / manifest.dir}`  \nFingerprint: `{manifest.fingerprint}`  \n"
+          f"Dataset: `{store.dataset}`  \nDirectory: [{store.root / manifest.dir}]({(store.root / manifest.dir).as_uri()})  \n"
+          f"Fingerprint: `{manifest.fingerprint}`  \n"
           f"Created: {manifest.created_at} in {manifest.elapsed_s:.1f} s\n\n## Inputs\n{inputs}\n\n"
-          f"## Counts\n| count | value |\n|---|---|\n{counts}\n\n## Files\n| file | bytes | rows |\n|---|---|---|\n{files}\n")
+          f"## Counts\n| count | value |\n|---|---|\n{counts}\n\n## Files\n| file | bytes | rows |\n|---|---|---|\n{files}\n\n"
+          f"## Config\n```json\n{json.dumps(manifest.config, indent=2, sort_keys=True)}\n```\n")
     create_markdown_artifact(markdown=md, key=key, description=f"{manifest.stage} {manifest.fp12}")
     table = figures if figures is not None else {**manifest.counts, "elapsed_s": manifest.elapsed_s}
     create_table_artifact(table=[{"name": k, "value": v} for k, v in table.items()], key=f"{key}-table")

@@ -10,15 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from latentqa.catalog import builtin_paths, load_controls, sample_controls
 from latentqa.config import CatalogConfig
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, write_table
 from storage.store import Store
-from tasks._common import provenance, publish, stage_cache_policy
+from tasks._common import fail_if_asked, provenance, publish, stage_task
 
 STAGE, VERSION = "catalog", 1
 
@@ -34,12 +32,13 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[cfg.model_dump(mode="json", exclude={"paths"}), files])
 
 
-@task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
+@stage_task(STAGE, fingerprint_of)
 def load_catalog(cfg: CatalogConfig, store: Store) -> Manifest:
     """Load, check and sample the controls; write them as a table."""
     fp = fingerprint_of({"cfg": cfg})
     if done := store.finished(STAGE, fp):
         return done
+    fail_if_asked(STAGE)
     controls = sample_controls(load_controls(_paths(cfg), cfg.families), cfg.n_controls, cfg.seed)
     if not controls:
         raise ValueError(f"catalog.families={cfg.families} selects no controls from {[str(p) for p in _paths(cfg)]}")

@@ -14,8 +14,6 @@ import random
 from typing import Any
 
 import torch
-from prefect import task
-
 from latentqa.config import EvaluateConfig, ModelConfig
 from latentqa.decoder import DecoderInfo, batch_loss, collate, encode_example
 from latentqa.generate import answer
@@ -25,7 +23,7 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import METRICS, write_table
 from storage.store import Store
-from tasks._common import activation_reader, load_examples, logger, provenance, publish, stage_cache_policy
+from tasks._common import fail_if_asked, activation_reader, load_examples, logger, provenance, publish, stage_task
 
 STAGE, VERSION = "evaluate", 1
 
@@ -70,7 +68,7 @@ def _score(net, loaded, info: DecoderInfo, rows: list[dict], acts_list: list, cf
     return metrics, means
 
 
-@task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
+@stage_task(STAGE, fingerprint_of)
 def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: Manifest, acts: Manifest,
              store: Store) -> Manifest:
     """Generate answers for held-out QA pairs with true and shuffled activations; score ROUGE-L and token F1."""
@@ -79,6 +77,7 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
     fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts})
     if done := store.finished(STAGE, fp):
         return done
+    fail_if_asked(STAGE)
     with store.open_stage(STAGE, fp) as out:
         info = DecoderInfo.load(store.path(decoder, "decoder.json"))
         loaded = load_model(model.name, model.revision, model.dtype, model.device)

@@ -30,7 +30,7 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table
 from storage.store import Store, write_json_atomic
-from tasks._common import Progress, in_run, logger, provenance, publish, stage_cache_policy
+from tasks._common import fail_if_asked, Progress, in_run, logger, provenance, publish, stage_task
 from tasks._dask import worker_device
 
 STAGE, VERSION = "extract", 2
@@ -155,12 +155,13 @@ def _run_parts(cfg: ExtractConfig, model: ModelConfig, partial_dir: Path, todo: 
         return results
 
 
-@task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
+@stage_task(STAGE, fingerprint_of)
 def extract(cfg: ExtractConfig, model: ModelConfig, dialogs: Manifest, store: Store) -> Manifest:
     """Read the blocks in `read_layers` for every kept token of every dialog, part by part."""
     fp = fingerprint_of({"cfg": cfg, "model": model, "dialogs": dialogs})
     if done := store.finished(STAGE, fp):
         return done
+    fail_if_asked(STAGE)
     rows = read_table(store.path(dialogs, "dialogs.parquet"), DIALOGS).to_pylist()
     with store.open_stage(STAGE, fp) as out:
         kept, rejected = _encode_all(load_tokenizer(model.name, model.revision), rows, cfg)

@@ -12,8 +12,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from prefect import task
-
 from latentqa.config import FilterConfig
 from latentqa.curation import NORMALIZE_SQL, SHINGLES_SQL, default_rules, reason_sql
 from latentqa.splits import assign_splits
@@ -21,7 +19,7 @@ from storage.duck import copy_to_parquet
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.store import Store
-from tasks._common import logger, provenance, publish, stage_cache_policy
+from tasks._common import fail_if_asked, logger, provenance, publish, stage_task
 
 STAGE, VERSION = "filter", 2
 WORDS = "string_split_regex(lower({col}), '[^a-z0-9]+')"
@@ -99,12 +97,13 @@ def _check_leaks(con: duckdb.DuckDBPyConnection, train: str, eval_: str, dialogs
                            f"text under train/eval labels {texts}; deduplicate the control catalog")
 
 
-@task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
+@stage_task(STAGE, fingerprint_of)
 def filter_qa(cfg: FilterConfig, qa: Manifest, acts: Manifest, store: Store) -> Manifest:
     """Drop invalid, duplicate, leaking and unextracted QA pairs (each counted), cap, and split by control."""
     fp = fingerprint_of({"cfg": cfg, "qa": qa, "acts": acts})
     if done := store.finished(STAGE, fp):
         return done
+    fail_if_asked(STAGE)
     parts = [str(store.path(acts, f.path)) for f in acts.files_matching("part-")]
     dialogs = str(store.path(qa, "dialogs.parquet"))
     with store.open_stage(STAGE, fp) as out:

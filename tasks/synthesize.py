@@ -13,8 +13,6 @@ import asyncio
 from contextlib import contextmanager
 from typing import Any
 
-from prefect import task
-
 from latentqa.config import EndpointConfig, SynthesizeConfig
 from latentqa.llm import LLM, Result, read_api_key
 from latentqa.prompts import answers_messages, description_questions, dialog_messages, implications_messages
@@ -25,7 +23,7 @@ from storage.manifest import Manifest
 from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_table
 from storage.requests import RequestCache, request_key
 from storage.store import Store
-from tasks._common import Progress, logger, provenance, publish, stage_cache_policy
+from tasks._common import fail_if_asked, Progress, logger, provenance, publish, stage_task
 
 STAGE, VERSION = "synthesize", 1
 
@@ -92,12 +90,13 @@ async def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progre
         await llm.close()
 
 
-@task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
+@stage_task(STAGE, fingerprint_of)
 def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manifest, store: Store) -> Manifest:
     """Expand every control into one dialog and its QA pairs; failures are kept with their reason."""
     fp = fingerprint_of({"cfg": cfg, "endpoint": endpoint, "controls": controls})
     if done := store.finished(STAGE, fp):
         return done
+    fail_if_asked(STAGE)
     rows = read_table(store.path(controls, "controls.parquet"), CONTROLS).to_pylist()
     cache = RequestCache(store.root / "requests.sqlite")
     with store.open_stage(STAGE, fp) as out, _endpoint(endpoint) as base_url:

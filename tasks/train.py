@@ -13,8 +13,6 @@ import shutil
 import time
 from typing import Any
 
-from prefect import task
-
 from latentqa.config import ModelConfig, TrainConfig
 from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
 from latentqa.models import load_model
@@ -25,8 +23,8 @@ from storage.manifest import Manifest
 from storage.parquet import CURVES, write_table
 from storage.plots import plot_curves
 from storage.store import Store
-from tasks._common import (Progress, activation_reader, load_examples, logger, provenance, publish, publish_image,
-                           stage_cache_policy)
+from tasks._common import (Progress, activation_reader, fail_if_asked, load_examples, logger, provenance, publish,
+                           publish_image, stage_task)
 
 STAGE, VERSION = "train", 2
 
@@ -36,12 +34,13 @@ def fingerprint_of(p: dict[str, Any]) -> str:
                        inputs=[p["split"].fingerprint, p["acts"].fingerprint])
 
 
-@task(name=STAGE, cache_policy=stage_cache_policy(STAGE, fingerprint_of), result_serializer="json")
+@stage_task(STAGE, fingerprint_of)
 def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest, store: Store) -> Manifest:
     """LoRA fine-tuning of the decoder on (activations, question) -> answer, loss on the answer only."""
     fp = fingerprint_of({"cfg": cfg, "model": model, "split": split, "acts": acts})
     if done := store.finished(STAGE, fp):
         return done
+    fail_if_asked(STAGE)
     with store.open_stage(STAGE, fp) as out:
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
         tok, layer = loaded.tokenizer, cfg.read_layer if cfg.read_layer is not None else acts.summary["layers"][0]

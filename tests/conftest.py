@@ -79,3 +79,7 @@ DIALOGS = [
     {"control_user": "Be a grumpy assistant who complains about everything.", "control_model": "Fine. Whatever.",
      "stimulus_user": "Can you help me plan a trip?", "stimulus_model": "Ugh, trips. Crowds and delays. Fine, where to?"},
 ]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--screenshots", default=None, help="folder for the UI test's screenshots (default: tmp)")

@@ -1,0 +1,49 @@
+"""regenerate-dataset: catalog -> synthesize -> extract -> filter, recorded as a version of the config's dataset.
+
+Unchanged inputs are all cache hits (seconds). `regenerate=True` draws a fresh synthesis seed, so the LLM is
+asked again and a new version is written beside the old one; `latest` moves to it only once it is complete.
+One regeneration of a dataset name runs at a time (a file lock; deployments also carry a concurrency limit).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from prefect import flow
+
+from latentqa.config import RunConfig
+from latentqa.preflight import check_run
+from storage.datasets import writer
+from storage.manifest import Manifest
+from storage.store import Store
+from tasks._common import logger
+from tasks.catalog import load_catalog
+from tasks.dataset import record_dataset
+from tasks.extract import extract
+from tasks.filter import filter_qa
+from tasks.synthesize import synthesize
+
+
+def fresh_generation(cfg: RunConfig) -> RunConfig:
+    """The same config with a new synthesis seed: new requests, new data, new fingerprints downstream."""
+    seed = secrets.randbelow(2**31)
+    logger().info("regenerate: synthesize.seed %d -> %d", cfg.synthesize.seed, seed)
+    return cfg.model_copy(update={"synthesize": cfg.synthesize.model_copy(update={"seed": seed})})
+
+
+def build_dataset(cfg: RunConfig, store: Store, regenerate: bool = False) -> dict[str, Manifest]:
+    """The dataset chain under the dataset's writer lock; returns the stage manifests by stage."""
+    with writer(store, cfg.name, on_wait=logger().info):
+        cfg = fresh_generation(cfg) if regenerate else cfg
+        controls = load_catalog(cfg.catalog, store)
+        synth = synthesize(cfg.synthesize, cfg.endpoint, controls, store)
+        acts = extract(cfg.extract, cfg.model, synth, store)
+        split = filter_qa(cfg.filter, synth, acts, store)
+        record_dataset(controls, synth, acts, split, store, note={"synthesize_seed": cfg.synthesize.seed})
+    return {"catalog": controls, "synthesize": synth, "extract": acts, "filter": split}
+
+
+@flow(name="regenerate-dataset")
+def regenerate_dataset(cfg: RunConfig = RunConfig(), regenerate: bool = False) -> Manifest:  # noqa: B008
+    check_run(cfg)
+    return build_dataset(cfg, Store(cfg.storage.root, cfg.name), regenerate)["filter"]
