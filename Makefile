@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test bench clean-runs
+.PHONY: setup browser run test bench serve stop clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,22 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/latentqa run --config $(CONFIG)
 
-test: setup
+# headless Chromium for the UI test (Debian packages); where it cannot be installed that one test skips
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ( (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
+	    echo "could not install chromium and chromium-driver: the browser test will skip" )
+
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+# a local Prefect server on 127.0.0.1:4200 with the work pool, every deployment and a worker (README,
+# "Operating it with Prefect"); `make stop` stops them
+serve: setup
+	$(BIN)/latentqa up
+
+stop:
+	$(BIN)/latentqa down
 
 # the benchmarks print ratios against a baseline measured in the same run (see each script's docstring)
 bench: setup

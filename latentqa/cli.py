@@ -3,6 +3,9 @@
   latentqa run [--config FILE] [--set section.field=value ...]
   latentqa serve [--model NAME] [--port N]
   latentqa lineage PATH|FINGERPRINT [--root DIR]
+  latentqa datasets [--root DIR]
+  latentqa gc --keep N [--root DIR] [--dry-run]
+  latentqa up [--port N] | latentqa down      (make serve / make stop)
   latentqa prepare-model [--model NAME]
 """
 
@@ -57,6 +60,7 @@ def cmd_run(args) -> int:
         return 2
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    _report_to_local_server()
     from flows.pipeline import pipeline  # Prefect is imported only by the commands that run flows
 
     state = pipeline(cfg, return_state=True)
@@ -65,6 +69,15 @@ def cmd_run(args) -> int:
         return 1
     print_summary(cfg.storage.root, state.result())
     return 0
+
+
+def _report_to_local_server() -> None:
+    """With `make serve` running (and no PREFECT_API_URL of the user's), runs show up in that server's UI."""
+    from latentqa.operate import running
+
+    if not os.environ.get("PREFECT_API_URL") and (services := running()):
+        os.environ.update(PREFECT_API_URL=services.api_url, PREFECT_HOME=services.home)
+        print(f"reporting to the local Prefect server: {services.ui_url}")
 
 
 def print_summary(root: Path, final) -> None:
@@ -82,22 +95,101 @@ def print_summary(root: Path, final) -> None:
         print(f"  {condition:<10} {m['n']:>4} {m['loss']:>7.3f} {m['rouge_l']:>8.3f} {m['token_f1']:>9.3f}")
 
 
+def _store_root(ref: str, root: Path | None) -> Path:
+    """--root if given; else the store a path lies in (the parent of <stage>/<fp12>/); else runs/demo."""
+    if root is not None:
+        return root
+    path = Path(ref).resolve()
+    for candidate in [path, *path.parents]:
+        if (candidate / "manifest.json").is_file() and not candidate.name.endswith(".partial"):
+            return candidate.parent.parent
+    return Path("runs/demo")
+
+
+def _ui_url() -> str | None:
+    """The Prefect UI of the configured API (PREFECT_API_URL, or make serve's server), for flow-run links."""
+    from latentqa.operate import running
+
+    if os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import get_current_settings
+
+        return get_current_settings().ui_url
+    services = running()
+    return services.ui_url if services else None
+
+
 def cmd_lineage(args) -> int:
     from storage.catalog import lineage
     from storage.store import Store
 
-    store = Store(args.root)
+    store = Store(_store_root(args.ref, args.root))
     try:
         rows = lineage(store, args.ref)
     except LookupError as err:
         print(err, file=sys.stderr)
         return 2
+    ui = _ui_url()
+    for row in rows:
+        row["flow_run_url"] = f"{ui}/runs/flow-run/{row['flow_run_id']}" if ui and row["flow_run_id"] else None
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
+    print(f"store {store.root}")
     for row in rows:
-        run = f"  flow run {row['flow_run_id']}" if row["flow_run_id"] else ""
-        print(f"{'  ' * row['depth']}{row['stage']:<11} {row['fingerprint'][:12]}  {row['dir']}  {row['created_at']}{run}")
+        run = f"  flow run {row['flow_run_id']}" if row["flow_run_id"] else "  (made outside Prefect)"
+        link = f"  {row['flow_run_url']}" if row["flow_run_url"] else ""
+        print(f"{'  ' * row['depth']}{row['stage']:<11} {row['fingerprint'][:12]}  {row['dir']}  {row['created_at']}"
+              f"{run}{link}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from storage import datasets
+    from storage.store import Store
+
+    store = Store(args.root)
+    names = datasets.names(store)
+    if not names:
+        print(f"no dataset versions in {store.root}")
+    for name in names:
+        latest = datasets.resolve_version(store, name)["version"]
+        print(f"{name}")
+        for rec in datasets.versions(store, name):
+            mark = "  <- latest" if rec["version"] == latest else ""
+            print(f"  {rec['version'][:12]}  {rec['created_at']}  flow run {rec.get('flow_run_id')}{mark}")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from storage.datasets import gc
+    from storage.store import Store
+
+    try:
+        plan = gc(Store(args.root), args.keep, dry_run=args.dry_run)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"kept {len(plan.kept_versions)} versions: {', '.join(plan.kept_versions) or '-'}")
+    if plan.leased_versions:
+        print(f"in use by a running flow, kept this time: {', '.join(plan.leased_versions)}")
+    print(f"{verb} {len(plan.removed_versions)} versions: {', '.join(plan.removed_versions) or '-'}")
+    for d in plan.removed_dirs:
+        print(f"  {verb} {d}")
+    return 0
+
+
+def cmd_up(args) -> int:
+    from latentqa.operate import up
+
+    up(args.home, args.port)
+    return 0
+
+
+def cmd_down(args) -> int:
+    from latentqa.operate import down
+
+    down(args.home)
     return 0
 
 
@@ -124,9 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(fn=cmd_run)
     lin = sub.add_parser("lineage", help="print the upstream chain of a stage directory, file or fingerprint")
     lin.add_argument("ref")
-    lin.add_argument("--root", type=Path, default=Path("runs/demo"))
+    lin.add_argument("--root", type=Path, help="the store (default: the one PATH lies in, else runs/demo)")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
+    dsets = sub.add_parser("datasets", help="list every dataset's versions and its latest one")
+    dsets.add_argument("--root", type=Path, default=Path("runs/demo"))
+    dsets.set_defaults(fn=cmd_datasets)
+    gcp = sub.add_parser("gc", help="remove all but the newest N versions of each dataset and what only they reach")
+    gcp.add_argument("--keep", type=int, required=True)
+    gcp.add_argument("--root", type=Path, default=Path("runs/demo"))
+    gcp.add_argument("--dry-run", action="store_true")
+    gcp.set_defaults(fn=cmd_gc)
+    from latentqa.operate import DEFAULT_HOME
+
+    upp = sub.add_parser("up", help="local Prefect server + work pool + deployments + worker (make serve)")
+    upp.add_argument("--port", type=int, default=4200)
+    upp.add_argument("--home", type=Path, default=DEFAULT_HOME, help="PREFECT_HOME of the local server")
+    upp.set_defaults(fn=cmd_up)
+    dwn = sub.add_parser("down", help="stop what `latentqa up` started (make stop)")
+    dwn.add_argument("--home", type=Path, default=DEFAULT_HOME)
+    dwn.set_defaults(fn=cmd_down)
     srv = sub.add_parser("serve", help="serve a model as an OpenAI-compatible endpoint on 127.0.0.1")
     srv.add_argument("--model", default="smollm2-135m-instruct")
     srv.add_argument("--port", type=int, default=8000)

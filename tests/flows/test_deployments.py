@@ -202,3 +202,28 @@ def test_ui_shows_the_flow_run_graph_and_stage_artifacts(served, first, tmp_path
         browser.save_screenshot(str(shots / "flow-run-artifacts.png"))
     finally:
         browser.quit()
+
+
+def test_materialisation_events_carry_the_lineage(served, first):
+    cfg, run = first
+    root = cfg.storage.root.resolve().as_posix()
+    deadline, events = time.monotonic() + 60, []
+    while time.monotonic() < deadline:  # events reach the server asynchronously
+        with served.settings(), served.client() as client:
+            body = {"filter": {"event": {"name": ["prefect.asset.materialization.succeeded"]},
+                               "resource": {"id_prefix": [f"file://{root}/"]},
+                               "occurred": {"since": run.start_time.isoformat()}}, "limit": 50}
+            events = client._client.post("/events/filter", json=body).json()["events"]
+        if len({e["resource"]["prefect.resource.id"] for e in events}) >= len(STAGES):
+            break
+        time.sleep(2)
+    by_asset = {e["resource"]["prefect.resource.id"]: e for e in events}
+    stages = {key.rsplit("/", 2)[-2]: key for key in by_asset}
+    assert set(stages) == STAGES
+    upstream = {r["prefect.resource.id"] for r in by_asset[stages["filter"]]["related"]
+                if r.get("prefect.resource.role") == "asset"}
+    # what filter read, and nothing downstream of it (Prefect may add transitive upstream assets it inferred)
+    assert {stages["synthesize"], stages["extract"]} <= upstream <= {stages[s] for s in ("catalog", "synthesize", "extract")}
+    evaluate_deps = {r["prefect.resource.id"] for r in by_asset[stages["evaluate"]]["related"]
+                     if r.get("prefect.resource.role") == "asset"}
+    assert {stages["train"], stages["filter"], stages["extract"]} <= evaluate_deps and stages["evaluate"] not in evaluate_deps

@@ -85,3 +85,22 @@ def test_lineage_reaches_the_catalog(first_run):
     for row in chain:
         assert store.finished(row["stage"], row["fingerprint"]).dir == row["dir"]
     assert chain[0]["flow_run_id"] == str(state.state_details.flow_run_id)
+
+
+def test_lineage_command_prints_the_chain_with_fingerprints_on_disk(first_run, capsys):
+    import json
+
+    from latentqa.cli import main
+
+    cfg, state, _ = first_run
+    store = Store(cfg.storage.root)
+    metrics = store.path(state.result(), "metrics.parquet")
+    assert main(["lineage", str(metrics), "--json"]) == 0  # the store is found from the path
+    chain = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in chain][0] == "evaluate" and chain[-1]["stage"] == "catalog"
+    for row in chain:
+        manifest = json.loads((store.root / row["dir"] / "manifest.json").read_text())
+        assert manifest["fingerprint"] == row["fingerprint"] and manifest["flow_run_id"] == row["flow_run_id"]
+    assert main(["lineage", str(metrics)]) == 0
+    text = capsys.readouterr().out
+    assert all(r["fingerprint"][:12] in text for r in chain)
