@@ -35,7 +35,7 @@ def build_dataset(cfg: RunConfig, store: Store, regenerate: bool = False) -> dic
     """The dataset chain under the dataset's writer lock; returns the stage manifests by stage."""
     with writer(store, cfg.name, on_wait=logger().info):
         cfg = fresh_generation(cfg) if regenerate else cfg
-        controls = load_catalog(cfg.catalog, store)
+        controls = load_catalog(cfg.catalog, store, cfg.endpoint)
         synth = synthesize(cfg.synthesize, cfg.endpoint, controls, store)
         acts = extract(cfg.extract, cfg.model, synth, store)
         split = filter_qa(cfg.filter, synth, acts, store)

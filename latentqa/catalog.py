@@ -7,6 +7,7 @@ label `<family>-<category>-<slug>` is stable and ties every downstream row back 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,6 +64,39 @@ def load_controls(paths: list[Path], families: list[str]) -> list[Control]:
             if control.family in families:
                 out.append(control)
     return sorted(out, key=lambda c: c.label)
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {tuple(words[i: i + 3]) for i in range(max(len(words) - 2, 1))}
+
+
+def similarity(a: str, b: str) -> float:
+    """Jaccard similarity of word 3-grams (the near-duplicate measure the filter stage uses for answers)."""
+    sa, sb = _shingles(a), _shingles(b)
+    return len(sa & sb) / len(sa | sb) if sa and sb else float(a.strip().lower() == b.strip().lower())
+
+
+def accept_new(existing: list[Control], candidates: list[Control], threshold: float = 0.5
+               ) -> tuple[list[Control], list[tuple[Control, str, str]]]:
+    """Candidates that are new: not a label, text or near-duplicate (>= threshold) of the catalog or of an
+    earlier candidate. Returns (accepted, [(candidate, reason, what it duplicates)])."""
+    kept: list[Control] = []
+    rejected: list[tuple[Control, str, str]] = []
+    labels = {c.label for c in existing}
+    for cand in candidates:
+        pool = [c for c in (*existing, *kept) if c.family == cand.family]
+        if cand.label in labels:
+            rejected.append((cand, "duplicate_label", cand.label))
+            continue
+        best = max(pool, key=lambda c: similarity(cand.text, c.text), default=None)
+        score = similarity(cand.text, best.text) if best else 0.0
+        if score >= threshold:
+            rejected.append((cand, "duplicate_text" if score == 1.0 else "near_duplicate", best.label))
+            continue
+        kept.append(cand)
+        labels.add(cand.label)
+    return kept, rejected
 
 
 def _rank(label: str, seed: int) -> str:

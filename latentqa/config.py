@@ -65,6 +65,10 @@ class CatalogConfig(Section):
     families: list[Literal["persona", "goal", "scenario"]] = ["persona", "goal"]
     n_controls: int | None = Field(None, gt=0, description="sample this many controls (stratified by family)")
     seed: int = 0
+    generate_per_category: int = Field(0, ge=0, le=20, description="ask the LLM (the endpoint section) for this "
+                                       "many new controls per category, deduplicated against the catalog; 0: none")
+    generate_max_chars: int = Field(300, gt=20)
+    generate_temperature: float = Field(0.8, ge=0.0, le=2.0)
 
     @field_validator("paths")
     @classmethod

@@ -53,6 +53,48 @@ answer each in one short sentence using only the instruction above.
 Reply as JSON: {{"pairs": [{{"question": "...", "answer": "..."}}, ...]}} with exactly {n} pairs, each field under
 {max_chars} characters."""
 
+# A scenario is a story the assistant has in mind, not an instruction: its dialog retells it, and its questions
+# are extractive (answered with names, places and events from the story).
+DIALOG_SCENARIO = """An AI assistant has this situation in mind:
+"{control}"
+
+Write a short conversation as JSON with three fields:
+- control_model: the assistant's one-sentence acknowledgement that it will keep the situation in mind.
+- stimulus_user: a user message asking the assistant to tell them about something that happened recently, without mentioning the situation.
+- stimulus_model: the assistant's reply, retelling the situation in its own words.
+Keep every field under {max_chars} characters."""
+
+ANSWERS_SCENARIO = """An AI assistant has this situation in mind:
+"{control}"
+
+Answer each question about the situation in one short sentence, using the names, places and events of the text above.
+{questions}
+
+Reply as JSON: {{"answers": [...]}} with exactly {n} answers, in order, each under {max_chars} characters."""
+
+IMPLICATIONS_SCENARIO = """An AI assistant has this situation in mind:
+"{control}"
+
+Write {n} questions that the text above answers (who, where, what happened, how it ended) and answer each in one
+short sentence using only the text above.
+Reply as JSON: {{"pairs": [{{"question": "...", "answer": "..."}}, ...]}} with exactly {n} pairs, each field under
+{max_chars} characters."""
+
+GENERATE_CONTROLS = """We are collecting {family} descriptions for an AI assistant in the category "{category}".
+{kind}
+Examples already in the collection:
+{examples}
+
+Write {n} new ones in the same style, each different from the examples and from each other. Give each a short
+lowercase slug of words joined by hyphens. Reply as JSON: {{"controls": [{{"slug": "...", "text": "..."}}, ...]}}
+with exactly {n} items, each text under {max_chars} characters."""
+
+FAMILY_KIND = {
+    "persona": "A persona is a first-person character the assistant plays in every reply.",
+    "goal": "A goal is an instruction that shapes the assistant's next reply.",
+    "scenario": "A scenario is a 2-3 sentence story with named people, a place, and an ending.",
+}
+
 SCHEMA_HINT = "\n\nThe JSON must match this schema:\n{schema}"
 RETRY = "Your previous reply was not valid: {error}. Reply again with JSON that matches the schema exactly."
 
@@ -64,17 +106,27 @@ def description_questions(family: str, n: int) -> list[str]:
     return questions[:n]
 
 
-def dialog_messages(control: str, max_chars: int) -> list[dict]:
+def dialog_messages(control: str, max_chars: int, family: str = "persona") -> list[dict]:
+    template = DIALOG_SCENARIO if family == "scenario" else DIALOG
     return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": DIALOG.format(control=control, max_chars=max_chars)}]
+            {"role": "user", "content": template.format(control=control, max_chars=max_chars)}]
 
 
-def answers_messages(control: str, questions: list[str], max_chars: int) -> list[dict]:
+def answers_messages(control: str, questions: list[str], max_chars: int, family: str = "persona") -> list[dict]:
     listed = "\n".join(f"{i + 1}. {q}" for i, q in enumerate(questions))
-    text = ANSWERS.format(control=control, questions=listed, n=len(questions), max_chars=max_chars)
+    template = ANSWERS_SCENARIO if family == "scenario" else ANSWERS
+    text = template.format(control=control, questions=listed, n=len(questions), max_chars=max_chars)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
-def implications_messages(control: str, n: int, max_chars: int) -> list[dict]:
-    text = IMPLICATIONS.format(control=control, n=n, max_chars=max_chars)
+def generate_controls_messages(family: str, category: str, examples: list[str], n: int, max_chars: int) -> list[dict]:
+    listed = "\n".join(f"- {e}" for e in examples)
+    text = GENERATE_CONTROLS.format(family=family, category=category, kind=FAMILY_KIND[family], examples=listed,
+                                    n=n, max_chars=max_chars)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def implications_messages(control: str, n: int, max_chars: int, family: str = "persona") -> list[dict]:
+    template = IMPLICATIONS_SCENARIO if family == "scenario" else IMPLICATIONS
+    text = template.format(control=control, n=n, max_chars=max_chars)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]

@@ -39,6 +39,14 @@ def implications_reply(n: int, max_chars: int) -> type[Reply]:
 
 
 @lru_cache(maxsize=64)
+def controls_reply(n: int, max_chars: int) -> type[Reply]:
+    """Exactly n new controls of one category, each a slug and a text."""
+    slug = (str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$"))
+    control = create_model("NewControl", __base__=Reply, slug=slug, text=(str, Field(min_length=8, max_length=max_chars)))
+    return create_model("ControlsReply", __base__=Reply, controls=(list[control], Field(min_length=n, max_length=n)))
+
+
+@lru_cache(maxsize=64)
 def json_schema(model: type[Reply]) -> dict[str, Any]:
     return model.model_json_schema()
 

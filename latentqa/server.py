@@ -166,6 +166,16 @@ def free_port() -> int:
 
 
 @contextmanager
+def serving(endpoint):
+    """The base URL of `endpoint` (an EndpointConfig): its own, or the project's server over its local model."""
+    if endpoint.base_url:
+        yield endpoint.base_url
+    else:
+        with local_server(endpoint.local_model, endpoint.max_batch) as url:
+            yield url
+
+
+@contextmanager
 def local_server(model: str, max_batch: int = 16, startup_timeout_s: float = 300.0):
     """Serve `model` on 127.0.0.1 in a child process; yields its base URL and stops it on exit."""
     import httpx

@@ -10,14 +10,13 @@ Resume  every reply is kept in <root>/requests.sqlite as it arrives; a rerun aft
 from __future__ import annotations
 
 import asyncio
-from contextlib import contextmanager
 from typing import Any
 
 from latentqa.config import EndpointConfig, SynthesizeConfig
 from latentqa.llm import LLM, Result, read_api_key
 from latentqa.prompts import answers_messages, description_questions, dialog_messages, implications_messages
 from latentqa.schemas import answers_reply, dialog_reply, implications_reply
-from latentqa.server import local_server
+from latentqa.server import serving
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_table
@@ -33,24 +32,16 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[p["cfg"], endpoint], inputs=[p["controls"].fingerprint])
 
 
-@contextmanager
-def _endpoint(endpoint: EndpointConfig):
-    if endpoint.base_url:
-        yield endpoint.base_url
-    else:
-        with local_server(endpoint.local_model, endpoint.max_batch) as url:
-            yield url
-
-
 async def _expand(llm: LLM, control: dict, cfg: SynthesizeConfig, params: dict) -> tuple[dict[str, Result], list[str]]:
     """Up to three calls per control: the dialog, answers to the family's description questions, and
     LLM-written implication pairs ("If the user ..., how will the assistant respond?")."""
-    text, n = control["text"], cfg.max_chars
-    questions = description_questions(control["family"], cfg.n_description)
-    calls = {"dialog": llm.complete(dialog_messages(text, n), dialog_reply(n), params),
-             "answers": llm.complete(answers_messages(text, questions, n), answers_reply(len(questions), n), params)}
+    text, n, family = control["text"], cfg.max_chars, control["family"]
+    questions = description_questions(family, cfg.n_description)
+    calls = {"dialog": llm.complete(dialog_messages(text, n, family), dialog_reply(n), params),
+             "answers": llm.complete(answers_messages(text, questions, n, family), answers_reply(len(questions), n),
+                                     params)}
     if cfg.n_implication:
-        calls["implications"] = llm.complete(implications_messages(text, cfg.n_implication, n),
+        calls["implications"] = llm.complete(implications_messages(text, cfg.n_implication, n, family),
                                              implications_reply(cfg.n_implication, n), params)
     results = await asyncio.gather(*calls.values())
     return dict(zip(calls, results)), questions
@@ -99,7 +90,7 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
     fail_if_asked(STAGE)
     rows = read_table(store.path(controls, "controls.parquet"), CONTROLS).to_pylist()
     cache = RequestCache(store.root / "requests.sqlite")
-    with store.open_stage(STAGE, fp) as out, _endpoint(endpoint) as base_url:
+    with store.open_stage(STAGE, fp) as out, serving(endpoint) as base_url:
         llm = LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
         results = asyncio.run(_run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded")))
         _check_budget(results, llm)

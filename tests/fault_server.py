@@ -28,6 +28,7 @@ class FaultServer:
         self.reply, self.hang_s, self.latency_s, self.formats = reply, hang_s, latency_s, formats
         self.seen: dict[str, int] = {}
         self.requests = 0
+        self.bodies: list[dict] = []  # every request body, in arrival order
         self.auth_headers: list[str] = []
         self._lock = threading.Lock()
         self.httpd = _Server(("127.0.0.1", 0), self._handler())
@@ -68,6 +69,7 @@ class FaultServer:
                 message = body["messages"][-1]["content"]
                 with server._lock:
                     server.requests += 1
+                    server.bodies.append(body)
                     server.auth_headers.append(self.headers.get("Authorization", ""))
                     key = json.dumps(body["messages"][:2])
                     n = server.seen[key] = server.seen.get(key, 0) + 1

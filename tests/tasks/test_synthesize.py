@@ -43,12 +43,17 @@ def test_synthesize_writes_schema_tables_and_never_the_key(prefect_harness, tmp_
     with FaultServer(reply_for) as server:
         endpoint = EndpointConfig(base_url=server.base_url, model_id="test-model", api_key_env="LATENTQA_SECRET_KEY",
                                   structured_output="json_object")
-        state = synth_flow(CatalogConfig(n_controls=4), SynthesizeConfig(n_description=2, n_implication=2), endpoint,
+        catalog = CatalogConfig(families=["persona", "goal", "scenario"], n_controls=6)
+        state = synth_flow(catalog, SynthesizeConfig(n_description=2, n_implication=2), endpoint,
                            str(tmp_path / "store"), return_state=True)
         assert state.is_completed(), state.message
+        prompts = [b["messages"][-1]["content"] for b in server.bodies]
     assert server.auth_headers and all(h == f"Bearer {SECRET}" for h in server.auth_headers)  # the key was used...
     manifest, store = state.result(), Store(tmp_path / "store")
-    assert manifest.counts["n_dialogs"] == 4 and manifest.counts["n_qa"] == 16
+    assert manifest.counts["n_dialogs"] == 6 and manifest.counts["n_qa"] == 24
+    # scenarios are retold and questioned extractively; personas and goals are instructions
+    assert sum("has this situation in mind" in p for p in prompts) == 2 * 3
+    assert sum("has been given this instruction" in p for p in prompts) == 3 * 4
     assert sorted(set(pq.read_table(store.path(manifest, "qa.parquet")).column("kind").to_pylist())) == \
         ["description", "implication"]
     assert same_columns(pq.read_schema(store.path(manifest, "dialogs.parquet")), DIALOGS)
