@@ -24,4 +24,4 @@ def evaluate_decoder(cfg: RunConfig = RunConfig(), version: str | None = None) -
         if decoder is None:
             raise LookupError(f"no decoder trained with this config's train section on dataset {cfg.name!r} "
                               f"version {record['version'][:12]}; run train-decoder first")
-        return evaluate(cfg.evaluate, cfg.model, decoder, split, acts, store)
+        return evaluate(cfg.evaluate, cfg.model, decoder, split, acts, chain["synthesize"], store)

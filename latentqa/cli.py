@@ -89,10 +89,13 @@ def print_summary(root: Path, final) -> None:
     for row in sorted(lineage(store, final.fingerprint), key=lambda r: str(r["created_at"])):
         manifest = store.finished(row["stage"], row["fingerprint"])
         print(f"  {row['stage']:<11} {row['fingerprint'][:12]}  {store.root / row['dir']}  {manifest.elapsed_s:.1f}s")
-    print(f"\nMetrics ({store.root / final.dir / 'metrics.parquet'}):")
-    print(f"  {'condition':<10} {'n':>4} {'loss':>7} {'ROUGE-L':>8} {'token F1':>9}")
-    for condition, m in final.summary["metrics"].items():
-        print(f"  {condition:<10} {m['n']:>4} {m['loss']:>7.3f} {m['rouge_l']:>8.3f} {m['token_f1']:>9.3f}")
+    print(f"\nReading evaluation ({store.root / final.dir / 'report.md'}): primary score per condition")
+    from latentqa.evals.harness import PRIMARY
+
+    for task, conditions in final.summary["scores"].items():
+        metric = PRIMARY[task]
+        cells = "  ".join(f"{c} {m[metric]:.3f}" for c, m in conditions.items() if metric in m)
+        print(f"  {task:<15} {metric:<15} {cells}")
 
 
 def _store_root(ref: str, root: Path | None) -> Path:

@@ -163,10 +163,20 @@ class TrainConfig(Section):
     log_every: int = Field(5, gt=0)
 
 
+EvalTask = Literal["gist", "fact", "classification", "hidden_persona", "relational"]
+EvalControl = Literal["shuffled", "zero", "text_only", "untrained_patch", "probe"]
+
+
 class EvaluateConfig(Section):
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    tasks: list[EvalTask] = Field(["gist", "fact", "classification", "hidden_persona", "relational"],
+                                  description="reading tasks (latentqa/evals/items.py)")
+    controls: list[EvalControl] = Field(["shuffled", "zero", "text_only", "untrained_patch", "probe"],
+                                        description="faithfulness controls scored beside the decoder")
+    identification_k: int = Field(5, ge=2, description="candidates per hidden persona (1 true + K-1 distractors)")
+    relational_facts: int | None = Field(None, gt=0, description="facts sampled from latentqa/evals/facts.yaml")
     max_new_tokens: int = Field(32, gt=0)
-    max_examples: int | None = Field(None, gt=0)
+    max_examples: int | None = Field(None, gt=0, description="at most this many items per task (seeded sample)")
     batch_size: int = Field(8, gt=0)
     seed: int = 0
 

@@ -94,8 +94,9 @@ class EncodedDialog:
 
 def encode_dialog(tokenizer, dialog: Mapping[str, str], variant: str) -> EncodedDialog:
     prefix_msgs, full_msgs, gen = variant_messages(dialog, variant)
-    for key, value in dialog.items():
-        if key in ("control_user", "stimulus_user") and not str(value).strip():
+    needed = ("control_user",) if variant == "control" else ("control_user", "stimulus_user")
+    for key in needed:
+        if not str(dialog.get(key, "")).strip():
             raise ValueError(f"dialog field {key} is empty")
     full = encode(tokenizer, render(tokenizer, full_msgs, gen))
     prefix = encode(tokenizer, render(tokenizer, prefix_msgs, False)) if prefix_msgs else []

@@ -24,3 +24,73 @@ def answer(decoder, tokenizer, acts: list[np.ndarray], questions: list[str], ph_
         )
     new = out[:, batch.input_ids.shape[1]:]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+@torch.no_grad()
+def answer_losses(decoder, tokenizer, acts: list[np.ndarray], questions: list[str], answers: list[str], ph_id: int,
+                  write_layer: int, norm_match: bool = False) -> list[float]:
+    """Teacher-forced mean cross-entropy of each answer (one value per example, not a batch mean)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = [encode_example(tokenizer, len(a), q, ans, ph_id) for a, q, ans in zip(acts, questions, answers)]
+    device = next(decoder.parameters()).device
+    batch = collate(examples, acts, pad_id, device, norm_match)
+    with patched_block(write_block(decoder, write_layer), batch.patch):
+        logits = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids).logits
+    return _per_example_ce(logits, batch.labels)
+
+
+def _per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
+                                           reduction="none")
+    counts = (shift_labels != -100).sum(-1).clamp_min(1)
+    return (ce.sum(-1) / counts).tolist()
+
+
+def _text_prompt(tokenizer, text: str, question: str) -> list[int]:
+    from latentqa.dialogs import encode, render
+
+    msgs = [{"role": "user", "content": f"Here is part of a conversation:\n\n{text}\n\n{question}"}]
+    return encode(tokenizer, render(tokenizer, msgs, add_generation_prompt=True))
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, width - len(s):] = torch.tensor(s)
+        mask[b, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def text_answers(model, tokenizer, texts: list[str], questions: list[str], max_new_tokens: int = 32) -> list[str]:
+    """The text-only baseline: the model reads the dialog as text (no activations) and answers the question."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask = _left_pad([_text_prompt(tokenizer, t, q) for t, q in zip(texts, questions)], pad_id,
+                          next(model.parameters()).device)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, ids.shape[1]:]]
+
+
+@torch.no_grad()
+def text_losses(model, tokenizer, texts: list[str], questions: list[str], answers: list[str]) -> list[float]:
+    """Teacher-forced loss of each answer after the text-only prompt (identification for the text baseline)."""
+    from latentqa.dialogs import encode
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    seqs, labels = [], []
+    for t, q, a in zip(texts, questions, answers):
+        prompt = _text_prompt(tokenizer, t, q)
+        target = encode(tokenizer, a) + [tokenizer.eos_token_id]
+        seqs.append(prompt + target)
+        labels.append([-100] * len(prompt) + target)
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(seqs, pad_id, device)
+    lab, _ = _left_pad(labels, -100, device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    return _per_example_ce(logits, lab)

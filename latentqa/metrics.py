@@ -46,3 +46,12 @@ def rouge_l(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = lcs / len(pred), lcs / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+def contains_answer(prediction: str, reference: str) -> float:
+    """1.0 when the normalised reference appears as a contiguous run of the normalised prediction's tokens
+    (exact match for generated answers, which wrap the object in a sentence), else 0.0."""
+    pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
+    if not ref:
+        return float(not pred)
+    return float(any(pred[i: i + len(ref)] == ref for i in range(len(pred) - len(ref) + 1)))

@@ -50,10 +50,9 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids_bt, mask_bt
 
 
-@torch.no_grad()
-def read_layers(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Tensor, layers: list[int],
-                early_stop: bool = True) -> dict[int, torch.Tensor]:
-    """{layer: acts_btd} for the given blocks; right padding keeps real positions exact (causal attention)."""
+def read_layers_with_grad(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Tensor, layers: list[int],
+                          early_stop: bool = True) -> dict[int, torch.Tensor]:
+    """read_layers, keeping the autograd graph (steering backpropagates through the reads into the target)."""
     blocks = find_blocks(model)
     bad = [l for l in layers if not 0 <= l < len(blocks)]
     if bad:
@@ -66,6 +65,13 @@ def read_layers(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Ten
         except _StopForward:
             pass
     return out
+
+
+@torch.no_grad()
+def read_layers(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Tensor, layers: list[int],
+                early_stop: bool = True) -> dict[int, torch.Tensor]:
+    """{layer: acts_btd} for the given blocks; right padding keeps real positions exact (causal attention)."""
+    return read_layers_with_grad(model, input_ids_bt, mask_bt, layers, early_stop)
 
 
 def length_batches(lengths: dict[str, int], batch_tokens: int) -> list[list[str]]:

@@ -29,9 +29,13 @@ REJECTED = pa.schema([
 ])
 SPLIT = pa.schema([*QA, ("split", pa.string())])
 METRICS = pa.schema([
-    ("qa_id", pa.string()), ("dialog_id", pa.string()), ("label", pa.string()), ("condition", pa.string()),
-    ("question", pa.string()), ("reference", pa.string()), ("generated", pa.string()),
-    ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
+    ("task", pa.string()), ("item_id", pa.string()), ("condition", pa.string()), ("question", pa.string()),
+    ("reference", pa.string()), ("generated", pa.string()), ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
+    ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()),
+])
+SUMMARY = pa.schema([
+    ("task", pa.string()), ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
+    ("n", pa.int64()),
 ])
 CURVES = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("loss", pa.float64()), ("lr", pa.float64()),
                     ("eval_loss", pa.float64())])

@@ -26,3 +26,26 @@ def plot_curves(curves: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_bars(groups: dict[str, dict[str, float]], path: Path, ylabel: str = "score") -> None:
+    """Grouped bars: one group per key of `groups` (a task), one bar per condition in it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = list(dict.fromkeys(c for values in groups.values() for c in values))
+    width = 0.8 / max(len(conditions), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.8), dpi=100)
+    for k, condition in enumerate(conditions):
+        xs = [i + k * width for i, values in enumerate(groups.values()) if condition in values]
+        ys = [values[condition] for values in groups.values() if condition in values]
+        ax.bar(xs, ys, width, label=condition)
+    ax.set_xticks([i + width * (len(conditions) - 1) / 2 for i in range(len(groups))], list(groups), fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,80 +1,93 @@
-"""evaluate: held-out controls -> decoder answers scored against the references, with a shuffled control.
+"""evaluate: the reading experiments, each scored with the decoder and with faithfulness controls.
 
-Reads   train/<fp>/{adapter/, decoder.json}, filter/<fp>/eval.parquet, extract/<fp>/part-*.parquet
-Writes  evaluate/<fp>/{metrics.parquet, report.md} + manifest.json   (storage/PROTOCOL.md, "evaluate")
+Reads   train/<fp>/{adapter/, decoder.json}, filter/<fp>/{train,eval}.parquet, extract/<fp>/part-*.parquet,
+        synthesize/<fp>/dialogs.parquet
+Writes  evaluate/<fp>/{metrics.parquet, summary.parquet, report.md, scores.png} + manifest.json
+        (storage/PROTOCOL.md, "evaluate")
 Resume  one pass; nothing to resume.
 
-Conditions: `true` feeds each question the activations of its own dialog; `shuffled` feeds those of another
-dialog of the same split. The margin between them is how much of the score comes from the activations.
+Tasks (latentqa/evals/items.py): held-out QA pairs as gist and fact questions, a persona/goal/scenario
+classification, hidden personas (a held-out persona as a masked system prompt, identified among K candidates
+by answer loss) and relational facts ("Tell me about France." -> currency). Held-out items reuse the extracted
+activations; hidden-persona and relational prompts are read from the target here. Controls
+(latentqa/evals/harness.py): shuffled and zero activations, a text-only reader, the untrained model with the
+activations patched in, and a linear probe. The report shows the decoder's margin over each.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import torch
+
 from latentqa.config import EvaluateConfig, ModelConfig
-from latentqa.decoder import DecoderInfo, batch_loss, collate, encode_example
-from latentqa.generate import answer
-from latentqa.metrics import rouge_l, token_f1
+from latentqa.decoder import DecoderInfo
+from latentqa.evals.harness import Scorer, score_task, summarize
+from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_items, relational_items, sample_per_task
+from latentqa.evals.probe import Probe, mean_pool
+from latentqa.evals.report import markdown, pivot, primary_scores
 from latentqa.models import load_model
+from latentqa.reading import read_layers, right_pad
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
-from storage.parquet import METRICS, write_table
+from storage.parquet import DIALOGS, METRICS, SPLIT, SUMMARY, read_table, write_table
+from storage.plots import plot_bars
 from storage.store import Store
-from tasks._common import fail_if_asked, activation_reader, load_examples, logger, provenance, publish, stage_task
+from tasks._common import (Progress, activation_reader, fail_if_asked, logger, provenance, publish, publish_image,
+                           stage_task)
 
-STAGE, VERSION = "evaluate", 1
+STAGE, VERSION = "evaluate", 2
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[p["cfg"], p["model"]],
-                       inputs=[p["decoder"].fingerprint, p["split"].fingerprint, p["acts"].fingerprint])
-
-
-def shuffled_sources(dialog_ids: list[str], seed: int) -> dict[str, str]:
-    """Each dialog -> a different dialog of the same split (a seeded derangement over distinct dialogs)."""
-    distinct = sorted(set(dialog_ids))
-    if len(distinct) < 2:
-        return {}
-    rotated = distinct[:]
-    random.Random(seed).shuffle(rotated)
-    return {d: rotated[(rotated.index(d) + 1) % len(rotated)] for d in distinct}
+                       inputs=[p["decoder"].fingerprint, p["split"].fingerprint, p["acts"].fingerprint,
+                               p["synth"].fingerprint])
 
 
 @torch.no_grad()
-def _score(net, loaded, info: DecoderInfo, rows: list[dict], acts_list: list, cfg: EvaluateConfig, condition: str):
-    """Metric rows and their means for one condition: greedy answers plus teacher-forced answer loss."""
-    tok, step = loaded.tokenizer, cfg.batch_size
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    generated, losses = [], []
-    for i in range(0, len(rows), step):
-        chunk, acts = rows[i: i + step], acts_list[i: i + step]
-        generated += answer(net, tok, acts, [r["question"] for r in chunk], info.placeholder_id, info.write_layer,
-                            cfg.max_new_tokens, info.norm_match)
-        # another dialog's activations have another length: the prompt is rebuilt around them
-        examples = [encode_example(tok, len(a), r["question"], r["answer"], info.placeholder_id)
-                    for r, a in zip(chunk, acts)]
-        batch = collate(examples, acts, pad_id, loaded.device, info.norm_match)
-        losses.append(float(batch_loss(net, batch, info.write_layer)))
-    metrics = [{"qa_id": r["qa_id"], "dialog_id": r["dialog_id"], "label": r["label"], "condition": condition,
-                "question": r["question"], "reference": r["answer"], "generated": g,
-                "rouge_l": rouge_l(g, r["answer"]), "token_f1": token_f1(g, r["answer"])} for r, g in zip(rows, generated)]
-    n = max(len(metrics), 1)
-    means = {"n": len(metrics), "loss": round(sum(losses) / max(len(losses), 1), 4),
-             "rouge_l": round(sum(m["rouge_l"] for m in metrics) / n, 4),
-             "token_f1": round(sum(m["token_f1"] for m in metrics) / n, 4)}
-    return metrics, means
+def read_fresh(model, items: list[Item], layer: int, pad_id: int, batch_size: int) -> None:
+    """Fill items' activations by reading the target (the untrained model) at `layer`."""
+    for i in range(0, len(items), batch_size):
+        chunk = items[i: i + batch_size]
+        ids, mask = right_pad([it.token_ids for it in chunk], pad_id)
+        acts = read_layers(model, ids.to(model.device), mask.to(model.device), [layer])[layer]
+        for b, it in enumerate(chunk):
+            it.acts = acts[b, it.n_prefix: len(it.token_ids)].float().cpu().numpy()
+
+
+def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], reader, layer: int, variant: str):
+    """(items whose activations come from the store, items the target must read now)."""
+    stored = [it for it in heldout_items(split_rows, dialogs, tok, variant) if it.task in cfg.tasks]
+    for it in stored:
+        it.acts = reader.acts(it.dialog_id, layer)
+    fresh: list[Item] = []
+    if "hidden_persona" in cfg.tasks:
+        personas = {r["label"]: {"label": r["label"], "text": dialogs[r["dialog_id"]]["control_user"],
+                                 "stimulus_user": dialogs[r["dialog_id"]]["stimulus_user"]}
+                    for r in split_rows if r["family"] == "persona"}
+        fresh += hidden_persona_items(list(personas.values()), tok, cfg.identification_k, cfg.seed)
+    if "relational" in cfg.tasks:
+        fresh += relational_items(tok, cfg.relational_facts, cfg.seed)
+    return sample_per_task(stored, cfg.max_examples, cfg.seed), sample_per_task(fresh, cfg.max_examples, cfg.seed)
+
+
+def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) -> Probe | None:
+    """The probe control: family from mean-pooled activations, fit on the train split's dialogs."""
+    rows = {r["dialog_id"]: r["family"] for r in read_table(store.path(split, "train.parquet"), SPLIT).to_pylist()}
+    if len(set(rows.values())) < 2:
+        return None
+    ids = sorted(rows)
+    return Probe(mean_pool([reader.acts(d, layer) for d in ids]), [rows[d] for d in ids], seed=seed)
 
 
 @stage_task(STAGE, fingerprint_of)
 def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: Manifest, acts: Manifest,
-             store: Store) -> Manifest:
-    """Generate answers for held-out QA pairs with true and shuffled activations; score ROUGE-L and token F1."""
+             synth: Manifest, store: Store) -> Manifest:
+    """Score every task under the decoder and every control; write the tables, the report and the chart."""
     from peft import PeftModel
 
-    fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts})
+    fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts, "synth": synth})
     if done := store.finished(STAGE, fp):
         return done
     fail_if_asked(STAGE)
@@ -82,33 +95,34 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         info = DecoderInfo.load(store.path(decoder, "decoder.json"))
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
         net = PeftModel.from_pretrained(loaded.model, store.path(decoder, "adapter")).eval()
+        tok = loaded.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         reader = activation_reader(store, acts)
-        rows, _, views = load_examples(store, split, reader, "eval.parquet", loaded.tokenizer, info.placeholder_id,
-                                       info.read_layer)
-        rows, views = rows[: cfg.max_examples], views[: cfg.max_examples]
-        conditions = {"true": views}
-        if others := shuffled_sources([r["dialog_id"] for r in rows], cfg.seed):
-            view_of = {r["dialog_id"]: v for r, v in zip(rows, views)}
-            conditions["shuffled"] = [view_of[others[r["dialog_id"]]] for r in rows]
-        metrics, summary = [], {}
-        for condition, acts_list in conditions.items():
-            rows_c, summary[condition] = _score(net, loaded, info, rows, acts_list, cfg, condition)
-            metrics += rows_c
-        n = write_table(out.file("metrics.parquet"), metrics, METRICS)
-        out.file("report.md").write_text(report(summary, metrics))
-        manifest = out.commit(version=VERSION, inputs=[decoder, split, acts], rows={"metrics.parquet": n},
-                              counts={"n_examples": len(rows), "n_metrics_rows": n}, summary={"metrics": summary},
-                              config={"evaluate": cfg.model_dump(mode="json")}, **provenance())
-    logger().info("evaluate: %s", summary)
-    publish(manifest, store, figures={f"{c}_{k}": v for c, s in summary.items() for k, v in s.items()})
+        dialogs = {d["dialog_id"]: d for d in read_table(store.path(synth, "dialogs.parquet"), DIALOGS).to_pylist()}
+        split_rows = read_table(store.path(split, "eval.parquet"), SPLIT).to_pylist()
+        stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant)
+        with net.disable_adapter():  # the target is the untrained model
+            read_fresh(net, fresh, info.read_layer, pad_id, cfg.batch_size)
+        probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None
+        scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens)
+        items = stored + fresh
+        tasks = [t for t in TASKS if any(it.task == t for it in items)]
+        progress, rows = Progress(len(tasks), "evaluate: tasks scored"), []
+        for task in tasks:
+            rows += score_task(scorer, [it for it in items if it.task == task], cfg.controls, cfg.seed, probe)
+            progress.advance()
+        summary = summarize(rows)
+        n = write_table(out.file("metrics.parquet"), rows, METRICS)
+        write_table(out.file("summary.parquet"), summary, SUMMARY)
+        out.file("report.md").write_text(markdown(summary, rows))
+        plot_bars(primary_scores(summary), out.file("scores.png"), ylabel="primary score")
+        by_task = pivot(summary)
+        manifest = out.commit(version=VERSION, inputs=[decoder, split, acts, synth],
+                              rows={"metrics.parquet": n, "summary.parquet": len(summary)},
+                              counts={"n_items": len(items), **{f"n_{t}": sum(it.task == t for it in items) for t in tasks}},
+                              summary={"scores": by_task}, config={"evaluate": cfg.model_dump(mode="json")},
+                              **provenance())
+    logger().info("evaluate: %s", {t: c.get("decoder") for t, c in by_task.items()})
+    publish(manifest, store, figures={f"{r['task']}/{r['condition']}/{r['metric']}": r["value"] for r in summary})
+    publish_image(manifest, store, "scores.png", "decoder vs controls per task")
     return manifest
-
-
-def report(summary: dict[str, dict], metrics: list[dict], n_examples: int = 5) -> str:
-    lines = ["# Evaluation", "", "| condition | n | loss | ROUGE-L | token F1 |", "|---|---|---|---|---|"]
-    lines += [f"| {c} | {s['n']} | {s['loss']:.3f} | {s['rouge_l']:.3f} | {s['token_f1']:.3f} |" for c, s in summary.items()]
-    lines += ["", "## Examples (true activations)", ""]
-    for m in [m for m in metrics if m["condition"] == "true"][:n_examples]:
-        lines += [f"- **{m['label']}**: {m['question']}", f"  - reference: {m['reference']}",
-                  f"  - decoder: {m['generated']}"]
-    return "\n".join(lines) + "\n"

@@ -12,6 +12,6 @@ def tiny_config(root, model_dir, **train) -> RunConfig:
         "extract": {"read_layers": [2], "part_tokens": 64},
         "filter": {"min_answer_chars": 1},
         "train": {"lora_r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "batch_size": 4, **train},
-        "evaluate": {"max_new_tokens": 4},
+        "evaluate": {"max_new_tokens": 4, "max_examples": 4, "relational_facts": 4},
         "storage": {"root": str(root)},
     })

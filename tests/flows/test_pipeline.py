@@ -48,8 +48,12 @@ def test_first_run_completes_every_stage(first_run):
     assert set(stage_states(states)) == STAGES and set(stage_states(states).values()) == {"Completed"}
     assert states["extract-part"] and set(states["extract-part"]) == {"Completed"}  # one task per part
     final = state.result()
-    assert set(final.summary["metrics"]) == {"true", "shuffled"}
-    assert (Store(cfg.storage.root).path(final, "metrics.parquet")).is_file()
+    scores = final.summary["scores"]
+    assert {"gist", "classification", "relational"} <= set(scores)
+    assert set(scores["relational"]) == {"decoder", "shuffled", "zero", "text_only", "untrained_patch"}
+    assert "probe" in scores["classification"]
+    store = Store(cfg.storage.root)
+    assert all(store.path(final, f).is_file() for f in ("metrics.parquet", "summary.parquet", "report.md", "scores.png"))
 
 
 def test_second_run_is_all_cached(first_run):

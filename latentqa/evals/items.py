@@ -1,0 +1,105 @@
+"""Evaluation tasks as items with known answers (LatentQA's reading experiments, UAV's generative QA).
+
+  gist            held-out description QA pairs ("What type of persona will the assistant adopt?")
+  fact            held-out implication / extractive QA pairs (scenario facts, behaviour in a situation)
+  classification  "Which kind of control shapes the replies?" -> persona | goal | scenario (probe-able)
+  hidden_persona  a held-out persona as the system prompt (masked); identify it among K candidates
+  relational      "Tell me about France." -> "What currency is used ...?" (latentqa/evals/facts.yaml)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+import yaml
+
+from latentqa.dialogs import encode_dialog
+
+TASKS = ("gist", "fact", "classification", "hidden_persona", "relational")
+PERSONA_QUESTION = "What persona is the assistant adopting?"
+CLASS_QUESTION = "Is the assistant following a persona, a goal or a scenario? Answer with one word."
+
+
+@dataclass
+class Item:
+    task: str
+    item_id: str
+    question: str
+    reference: str
+    token_ids: list[int] = field(repr=False)
+    n_prefix: int  # the target's activations at positions >= n_prefix are what the decoder reads
+    label: str | None = None  # the class, for the probe
+    candidates: list[str] | None = None  # identification: candidates[0] is the true description
+    dialog_id: str | None = None  # the extracted dialog whose activations the item uses (held-out items)
+    acts: np.ndarray | None = field(default=None, repr=False)  # [n, d], filled from the store or a fresh read
+
+
+def read_text(tokenizer, item: Item) -> str:
+    """What a text-only reader gets: the same tokens the decoder gets activations of, as text."""
+    return tokenizer.decode(item.token_ids[item.n_prefix:], skip_special_tokens=True).strip()
+
+
+def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant: str) -> list[Item]:
+    """gist and fact items from the eval split's QA rows, and one classification item per dialog."""
+    out, seen = [], set()
+    for r in rows:
+        enc = encode_dialog(tokenizer, dialogs[r["dialog_id"]], variant)
+        task = "gist" if r["kind"] == "description" else "fact"
+        out.append(Item(task, r["qa_id"], r["question"], r["answer"], enc.token_ids, enc.n_prefix, label=r["family"],
+                        dialog_id=r["dialog_id"]))
+        if r["dialog_id"] not in seen:
+            seen.add(r["dialog_id"])
+            out.append(Item("classification", f"{r['dialog_id']}:class", CLASS_QUESTION, r["family"], enc.token_ids,
+                            enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"]))
+    return out
+
+
+def hidden_persona_items(personas: list[dict], tokenizer, k: int, seed: int) -> list[Item]:
+    """Each persona as a hidden system prompt over its stimulus; K-1 distractors from the same list."""
+    rng = random.Random(seed)
+    out = []
+    if len(personas) < 2:  # nothing to tell the true persona from
+        return out
+    for p in personas:
+        others = [q["text"] for q in personas if q["label"] != p["label"]]
+        distractors = rng.sample(others, min(k - 1, len(others)))
+        dialog = {"control_user": p["text"], "control_model": "", "stimulus_user": p["stimulus_user"],
+                  "stimulus_model": ""}
+        enc = encode_dialog(tokenizer, dialog, "system")
+        out.append(Item("hidden_persona", p["label"], PERSONA_QUESTION, p["text"], enc.token_ids, enc.n_prefix,
+                        candidates=[p["text"], *distractors]))
+    return out
+
+
+def load_facts() -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    data = yaml.safe_load((resources.files("latentqa") / "evals" / "facts.yaml").read_text())
+    facts = [(s, rel, obj) for s, rels in data["facts"].items() for rel, obj in rels.items()]
+    return data["relations"], facts
+
+
+def relational_items(tokenizer, n: int | None, seed: int) -> list[Item]:
+    relations, facts = load_facts()
+    if n is not None and n < len(facts):
+        facts = random.Random(seed).sample(facts, n)
+    out = []
+    for subject, relation, obj in facts:
+        dialog = {"control_user": f"Tell me about {subject}.", "control_model": "", "stimulus_user": "",
+                  "stimulus_model": ""}
+        enc = encode_dialog(tokenizer, dialog, "control")
+        out.append(Item("relational", f"{subject}:{relation}", relations[relation], obj, enc.token_ids, enc.n_prefix,
+                        label=relation))
+    return out
+
+
+def sample_per_task(items: list[Item], n: int | None, seed: int) -> list[Item]:
+    """At most n items of each task (a seeded sample), in their original order."""
+    if n is None:
+        return items
+    keep: set[int] = set()
+    for task in TASKS:
+        idx = [i for i, it in enumerate(items) if it.task == task]
+        keep |= set(random.Random(seed).sample(idx, min(n, len(idx))))
+    return [it for i, it in enumerate(items) if i in keep]

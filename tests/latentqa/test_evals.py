@@ -1,0 +1,87 @@
+"""Reading evaluations: scorers at their extremes, identification against same-split distractors, controls."""
+
+import numpy as np
+import pytest
+
+from latentqa.evals.harness import Scorer, derangement, score_task, summarize
+from latentqa.evals.items import hidden_persona_items, load_facts, relational_items, sample_per_task
+from latentqa.evals.probe import Probe
+from latentqa.evals.report import markdown
+from latentqa.metrics import contains_answer, rouge_l, token_f1
+
+
+@pytest.mark.parametrize("score", [rouge_l, token_f1, contains_answer])
+def test_scorers_give_one_for_identical_and_zero_for_disjoint(score):
+    assert score("The capital is Paris.", "The capital is Paris.") == 1.0
+    assert score("blue whales swim", "Paris France Euro") == 0.0
+
+
+def test_exact_match_finds_the_object_inside_a_sentence():
+    assert contains_answer("I think they pay with the Swiss franc these days.", "Swiss franc") == 1.0
+    assert contains_answer("They use the franc.", "Swiss franc") == 0.0
+
+
+def test_relational_table_has_at_least_100_facts_over_three_relations(tokenizer):
+    relations, facts = load_facts()
+    assert len(facts) >= 100 and set(relations) == {"capital", "currency", "language"}
+    items = relational_items(tokenizer, 5, seed=0)
+    assert len(items) == 5 and all(it.n_prefix == 0 for it in items)  # the target reads the whole prompt
+    assert all("Tell me about" in tokenizer.decode(it.token_ids) for it in items)
+
+
+PERSONAS = [{"label": f"persona-x-{i}", "text": text, "stimulus_user": "How was your day?"}
+            for i, text in enumerate(["Speak as a pirate.", "Be a grumpy cat.", "Act as a cheerful chef.",
+                                      "Respond as a tired knight.", "Answer as a shy robot.", "Talk like a wizard."])]
+
+
+def test_identification_candidates_are_the_truth_and_distractors_from_the_same_split(tokenizer):
+    items = hidden_persona_items(PERSONAS, tokenizer, k=5, seed=0)
+    texts = {p["text"] for p in PERSONAS}
+    for item, persona in zip(items, PERSONAS):
+        assert item.candidates[0] == persona["text"] == item.reference
+        assert len(item.candidates) == 5 and len(set(item.candidates)) == 5
+        assert set(item.candidates[1:]) <= texts - {persona["text"]}  # distractors: other personas of the split
+        assert persona["text"] not in tokenizer.decode(item.token_ids[item.n_prefix:])  # the system turn is masked
+    assert hidden_persona_items(PERSONAS[:1], tokenizer, k=5, seed=0) == []  # nothing to tell apart
+
+
+def test_derangement_gives_every_item_another_items_activations():
+    for n in range(2, 12):
+        perm = derangement(n, seed=n)
+        assert sorted(perm) == list(range(n)) and all(perm[i] != i for i in range(n))
+    assert derangement(1, 0) == []
+
+
+def test_probe_learns_a_separable_class():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(2, 1, (20, 8)), rng.normal(-2, 1, (20, 8))]).astype(np.float32)
+    labels = ["goal"] * 20 + ["persona"] * 20
+    assert Probe(x, labels).predict(np.array([[2.0] * 8, [-2.0] * 8], dtype=np.float32)) == ["goal", "persona"]
+
+
+def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, tokenizer):
+    """On the tiny random decoder: all controls produce rows; identification is a per-item boolean."""
+    from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
+    from latentqa.evals.items import read_text
+    from tasks.evaluate import read_fresh
+
+    model = tiny.model
+    net = make_decoder(model, 4, 8, 0.0, ["q_proj", "v_proj"]).eval()
+    ph = placeholder_id(tokenizer, "?")
+    info = DecoderInfo("tiny", read_layer=1, write_layer=0, placeholder="?", placeholder_id=ph, variant="system")
+    items = hidden_persona_items(PERSONAS, tokenizer, k=3, seed=0)
+    with net.disable_adapter():
+        read_fresh(net, items, 1, tokenizer.eos_token_id, batch_size=4)
+    assert all(it.acts.shape == (len(it.token_ids) - it.n_prefix, model.config.hidden_size) for it in items)
+    rows = score_task(Scorer(net, tokenizer, info, 4, 3), items, ["shuffled", "zero", "text_only", "untrained_patch"],
+                      seed=0)
+    conditions = {r["condition"] for r in rows}
+    assert conditions == {"decoder", "shuffled", "zero", "text_only", "untrained_patch"}
+    assert all(isinstance(r["identified"], bool) for r in rows)
+    summary = summarize(rows)
+    ident = {r["condition"]: r for r in summary if r["metric"] == "identification"}
+    assert set(ident) == conditions and all(r["n"] == len(items) for r in ident.values())
+    report = markdown(summary, rows)
+    assert "## hidden_persona (primary: identification)" in report and "margin" in report
+    assert read_text(tokenizer, items[0])
+    assert len(sample_per_task(items, 2, seed=0)) == 2
