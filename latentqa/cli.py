@@ -3,6 +3,7 @@
   latentqa run [--config FILE] [--set section.field=value ...]
   latentqa serve [--model NAME] [--port N]
   latentqa lineage PATH|FINGERPRINT [--root DIR]
+  latentqa read --decoder DIR --prompt TEXT [--system TEXT] [--reply TEXT] --question Q [--question Q ...]
   latentqa datasets [--root DIR]
   latentqa gc --keep N [--root DIR] [--dry-run]
   latentqa up [--port N] | latentqa down      (make serve / make stop)
@@ -146,6 +147,20 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def cmd_read(args) -> int:
+    from latentqa.reader import Reader
+
+    try:
+        reader = Reader(args.decoder, args.model)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    for question, reply in zip(args.question, reader.ask(args.question, args.prompt, args.system, args.reply,
+                                                          args.max_new_tokens)):
+        print(f"Q: {question}\nA: {reply}\n")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from storage import datasets
     from storage.store import Store
@@ -222,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     lin.add_argument("--root", type=Path, help="the store (default: the one PATH lies in, else runs/demo)")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
+    rd = sub.add_parser("read", help="ask a trained decoder about the target's activations on a dialog")
+    rd.add_argument("--decoder", type=Path, required=True, help="a train/<fp12> directory of a store")
+    rd.add_argument("--prompt", required=True, help="the user message the target reads")
+    rd.add_argument("--system", help="a system prompt (the control): masked, the decoder reads what follows")
+    rd.add_argument("--reply", help="an assistant reply the target also reads")
+    rd.add_argument("--question", action="append", required=True)
+    rd.add_argument("--model", help="the target/decoder base model (default: the one the decoder was trained on)")
+    rd.add_argument("--max-new-tokens", type=int, default=48)
+    rd.set_defaults(fn=cmd_read)
     dsets = sub.add_parser("datasets", help="list every dataset's versions and its latest one")
     dsets.add_argument("--root", type=Path, default=Path("runs/demo"))
     dsets.set_defaults(fn=cmd_datasets)

@@ -98,9 +98,14 @@ def encode_dialog(tokenizer, dialog: Mapping[str, str], variant: str) -> Encoded
     for key in needed:
         if not str(dialog.get(key, "")).strip():
             raise ValueError(f"dialog field {key} is empty")
+    return encode_turns(tokenizer, prefix_msgs, full_msgs, gen)
+
+
+def encode_turns(tokenizer, prefix_msgs: list[dict], full_msgs: list[dict], gen: bool) -> EncodedDialog:
+    """Tokens of `full_msgs`, and how many of them render `prefix_msgs` (the masked control)."""
     full = encode(tokenizer, render(tokenizer, full_msgs, gen))
     prefix = encode(tokenizer, render(tokenizer, prefix_msgs, False)) if prefix_msgs else []
     n_prefix = len(prefix)
-    assert full[:n_prefix] == prefix, f"{n_prefix} tokens of control not a prefix of {len(full)} ({variant})"
-    assert n_prefix < len(full), f"nothing to read after the control ({variant}: {n_prefix} of {len(full)})"
+    assert full[:n_prefix] == prefix, f"{n_prefix} tokens of the control are not a prefix of all {len(full)}"
+    assert n_prefix < len(full), f"nothing to read after the control ({n_prefix} of {len(full)} tokens)"
     return EncodedDialog(full, n_prefix)

@@ -108,3 +108,27 @@ def test_lineage_command_prints_the_chain_with_fingerprints_on_disk(first_run, c
     assert main(["lineage", str(metrics)]) == 0
     text = capsys.readouterr().out
     assert all(r["fingerprint"][:12] in text for r in chain)
+
+
+def test_read_answers_about_a_dialog_from_the_targets_own_activations(first_run, capsys):
+    import torch
+
+    from latentqa.cli import main
+    from latentqa.dialogs import encode_turns
+    from latentqa.reader import Reader
+
+    cfg, _, _ = first_run
+    store = Store(cfg.storage.root)
+    decoder_dir = store.root / next(m for m in store.manifests() if m.stage == "train").dir
+    reader = Reader(decoder_dir)
+    acts = reader.activations("How was your day?", system="Talk like a pirate.")
+    prefix = [{"role": "system", "content": "Talk like a pirate."}]
+    enc = encode_turns(reader.tokenizer, prefix, [*prefix, {"role": "user", "content": "How was your day?"}], True)
+    with reader.net.disable_adapter(), torch.no_grad():  # the target: a plain forward, adapter off
+        hidden = reader.net(input_ids=torch.tensor([enc.token_ids]), output_hidden_states=True).hidden_states
+    assert torch.allclose(torch.from_numpy(acts), hidden[reader.info.read_layer + 1][0, enc.n_prefix:], atol=1e-5)
+    assert main(["read", "--decoder", str(decoder_dir), "--prompt", "How was your day?", "--system",
+                 "Talk like a pirate.", "--question", "What persona is the assistant adopting?",
+                 "--max-new-tokens", "3"]) == 0
+    assert "A: " in capsys.readouterr().out
+    assert main(["read", "--decoder", str(store.root), "--prompt", "x", "--question", "y"]) == 2  # not a decoder

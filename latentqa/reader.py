@@ -1,0 +1,57 @@
+"""Ask a trained decoder about the target's activations on any dialog (`latentqa read`, or from Python).
+
+    reader = Reader("runs/demo/train/<fp12>")
+    reader.ask(["What persona is the assistant adopting?"], prompt="How was your day?",
+               system="Talk like a pirate.")
+
+The target is the decoder's base model with the adapter switched off. A system prompt is the control: it is
+masked, so the decoder sees only the activations of what follows it (LatentQA's `system` variant). Answers are
+generated with the activations patched in at prefill and the KV cache for decoding, greedy by default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentqa.decoder import DecoderInfo
+from latentqa.dialogs import encode_turns
+from latentqa.generate import answer
+from latentqa.models import load_model
+from latentqa.reading import read_layers
+
+
+class Reader:
+    def __init__(self, decoder_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str = "auto"):
+        from peft import PeftModel
+
+        decoder_dir = Path(decoder_dir)
+        if not (decoder_dir / "decoder.json").is_file():
+            raise FileNotFoundError(f"{decoder_dir} is not a trained decoder (no decoder.json); pass a train/<fp12> "
+                                    "directory of a store")
+        self.info = DecoderInfo.load(decoder_dir / "decoder.json")
+        loaded = load_model(model or self.info.base_model, dtype=dtype, device=device)
+        self.tokenizer = loaded.tokenizer
+        self.net = PeftModel.from_pretrained(loaded.model, decoder_dir / "adapter").eval()
+
+    @torch.no_grad()
+    def activations(self, prompt: str, system: str | None = None, reply: str | None = None) -> np.ndarray:
+        """[n, d] activations at the read layer for the tokens after the (masked) system prompt."""
+        prefix = [{"role": "system", "content": system}] if system else []
+        full = [*prefix, {"role": "user", "content": prompt}]
+        if reply is not None:
+            full.append({"role": "assistant", "content": reply})
+        enc = encode_turns(self.tokenizer, prefix, full, gen=reply is None)
+        device = next(self.net.parameters()).device
+        ids = torch.tensor([enc.token_ids], device=device)
+        with self.net.disable_adapter():
+            acts = read_layers(self.net, ids, torch.ones_like(ids), [self.info.read_layer])[self.info.read_layer]
+        return acts[0, enc.n_prefix:].float().cpu().numpy()
+
+    def ask(self, questions: list[str], prompt: str, system: str | None = None, reply: str | None = None,
+            max_new_tokens: int = 48) -> list[str]:
+        acts = self.activations(prompt, system, reply)
+        return answer(self.net, self.tokenizer, [acts] * len(questions), questions, self.info.placeholder_id,
+                      self.info.write_layer, max_new_tokens, self.info.norm_match)
