@@ -181,6 +181,32 @@ class EvaluateConfig(Section):
     seed: int = 0
 
 
+class SteerConfig(Section):
+    """Control by reading: a steering LoRA on the target, trained through the frozen decoder (flows/steer.py)."""
+
+    control: str = Field("positive", description="a builtin control of latentqa/evals/steering.yaml (positive, "
+                         "fair), a YAML/JSON file of [question, answer] pairs ({pairs: [...]} or LatentQA's "
+                         "{prompt: [...]}), or persona:<catalog label> (its pairs produced by reading)")
+    steps: int = Field(40, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    per_layer: bool = Field(False, description="read out every block up to the read layer, one loss each")
+    evals: list[Literal["sentiment", "debias", "persona"]] = ["sentiment", "debias"]
+    identification_k: int = Field(5, ge=2)
+    max_new_tokens: int = Field(24, gt=0)
+    seed: int = 0
+
+    @field_validator("control")
+    @classmethod
+    def _control_exists(cls, control: str) -> str:
+        builtin = ("positive", "fair")
+        if control in builtin or control.startswith("persona:") or Path(control).is_file():
+            return control
+        raise ValueError(f"steer.control={control!r} is not a builtin control {builtin}, persona:<label>, or a file")
+
+
 class StorageConfig(Section):
     root: Path = Path("runs/demo")
 
@@ -197,6 +223,7 @@ class RunConfig(Section):
     filter: FilterConfig = FilterConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    steer: SteerConfig = SteerConfig()
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")

@@ -88,8 +88,10 @@ def collate(examples: list[DecoderExample], acts: list[np.ndarray | torch.Tensor
         mask[b, off:] = 1
         b_idx += [b] * ex.n_acts
         p_idx += range(off + ex.act_start, off + ex.act_start + ex.n_acts)
-    # one copy out of the (read-only) Parquet buffers into a fresh tensor
-    vectors = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.float32) for a in acts]))
+    if torch.is_tensor(acts[0]):  # live reads (steering): keep the autograd graph into the target
+        vectors = torch.cat([a.float() for a in acts])
+    else:  # one copy out of the (read-only) Parquet buffers into a fresh tensor
+        vectors = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.float32) for a in acts]))
     assert vectors.shape[0] == len(p_idx), f"{vectors.shape[0]} vectors for {len(p_idx)} placeholder positions"
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     spec = PatchSpec(torch.tensor(b_idx, device=device), torch.tensor(p_idx, device=device), vectors.to(device),

@@ -33,6 +33,9 @@ METRICS = pa.schema([
     ("reference", pa.string()), ("generated", pa.string()), ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
     ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()),
 ])
+STEER_RESULTS = pa.schema([
+    ("eval", pa.string()), ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
+])
 SUMMARY = pa.schema([
     ("task", pa.string()), ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
     ("n", pa.int64()),

@@ -1,0 +1,22 @@
+"""steer: steer the target with the decoder that `cfg.train` describes on a dataset version (`latest` default)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.train_decoder import trained_decoder
+from latentqa.config import RunConfig
+from latentqa.preflight import check_run
+from storage.datasets import open_version
+from storage.manifest import Manifest
+from storage.store import Store
+from tasks.steer import steer
+
+
+@flow(name="steer")
+def steer_target(cfg: RunConfig = RunConfig(), version: str | None = None) -> Manifest:  # noqa: B008
+    check_run(cfg)
+    store = Store(cfg.storage.root, cfg.name)
+    with open_version(store, cfg.name, version) as (record, chain):
+        decoder = trained_decoder(cfg, store, record, chain)
+        return steer(cfg.steer, cfg.model, decoder, store)

@@ -1,0 +1,143 @@
+"""steer: a steering LoRA on the target, trained through the frozen decoder, and what it changes.
+
+Reads   train/<fp>/{adapter/, decoder.json}; the control (builtin, a file, or a catalog persona)
+Writes  steer/<fp>/{adapter/, steer.json, results.parquet, report.md} + manifest.json   (PROTOCOL.md, "steer")
+Resume  one pass of `steer.steps` optimizer steps; nothing to resume.
+
+The control is a list of [question, answer] pairs the decoder should give about the target. The target reads
+neutral prompts; the decoder's loss on the desired answers, given those activations, is backpropagated into a
+LoRA on the target's blocks up to the read layer (latentqa/steering.py). The evaluations compare the target
+before steering, after, and with a random LoRA of the same size (each steering weight replaced by noise of the
+same norm): sentiment, debiasing and persona identification (latentqa/evals/steering_evals.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latentqa.catalog import builtin_paths, load_controls
+from latentqa.config import ModelConfig, SteerConfig
+from latentqa.decoder import DecoderInfo
+from latentqa.evals import steering_evals as ev
+from latentqa.models import load_model
+from latentqa.prompts import description_questions
+from latentqa.steering import SteerSettings, add_steering_lora, randomize_like, train_steering
+from storage.fingerprint import file_sha256, fingerprint
+from storage.manifest import Manifest
+from storage.parquet import STEER_RESULTS, write_table
+from storage.store import Store
+from tasks._common import Progress, fail_if_asked, logger, provenance, publish, stage_task
+
+STAGE, VERSION = "steer", 1
+
+
+def fingerprint_of(p: dict[str, Any]) -> str:
+    cfg: SteerConfig = p["cfg"]
+    control = [file_sha256(Path(cfg.control))] if Path(cfg.control).is_file() else []  # a file by its bytes
+    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], *control], inputs=[p["decoder"].fingerprint])
+
+
+def control_pairs(cfg: SteerConfig) -> tuple[list[tuple[str, str]], str | None]:
+    """(pairs, persona text or None). Persona controls get their pairs later, by reading."""
+    if cfg.control.startswith("persona:"):
+        label = cfg.control.split(":", 1)[1]
+        personas = {c.label: c.text for c in load_controls(builtin_paths(), ["persona"])}
+        if label not in personas:
+            raise ValueError(f"steer.control={cfg.control!r}: no persona {label!r} in the builtin catalog")
+        return [], personas[label]
+    if cfg.control in ev.steering_data()["controls"]:
+        return [tuple(p) for p in ev.steering_data()["controls"][cfg.control]], None
+    raw = yaml.safe_load(Path(cfg.control).read_text())  # YAML is a superset of JSON
+    pairs = raw.get("pairs") if isinstance(raw, dict) and "pairs" in raw else next(iter(raw.values()), None)
+    if not pairs or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise ValueError(f"{cfg.control}: expected {{pairs: [[question, answer], ...]}} or {{prompt: [[q, a], ...]}}")
+    return [tuple(p) for p in pairs], None
+
+
+def _measure(cfg: SteerConfig, target, decoder, tok, info, persona, distractors, condition: str) -> tuple[list, list]:
+    data, results, samples = ev.steering_data(), [], []
+    if "sentiment" in cfg.evals:
+        texts = ev.replies(target, tok, data["sentiment_prompts"], cfg.max_new_tokens)
+        results += [{"eval": "sentiment", "condition": condition, "metric": m, "value": v}
+                    for m, v in ev.sentiment(texts).items()]
+        samples += [{"condition": condition, "prompt": p, "reply": t} for p, t in zip(data["sentiment_prompts"], texts)]
+    if "debias" in cfg.evals:
+        results.append({"eval": "debias", "condition": condition, "metric": "stereotype_margin",
+                        "value": ev.bias_margin(target, tok, data["bias_pairs"])})
+    if "persona" in cfg.evals and persona:
+        results.append({"eval": "persona", "condition": condition, "metric": "identification",
+                        "value": ev.persona_identification(decoder, target, tok, info, persona, distractors,
+                                                           data["neutral_prompts"])})
+    return results, samples
+
+
+@stage_task(STAGE, fingerprint_of)
+def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store) -> Manifest:
+    """Train the steering LoRA through the frozen decoder; compare the target before, after and randomised."""
+    from peft import PeftModel
+
+    fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder})
+    if done := store.finished(STAGE, fp):
+        return done
+    fail_if_asked(STAGE)
+    pairs, persona = control_pairs(cfg)
+    with store.open_stage(STAGE, fp) as out:
+        info = DecoderInfo.load(store.path(decoder, "decoder.json"))
+        dec_loaded = load_model(model.name, model.revision, model.dtype, model.device)
+        dec = PeftModel.from_pretrained(dec_loaded.model, store.path(decoder, "adapter")).eval()
+        tok, prompts = dec_loaded.tokenizer, ev.steering_data()["neutral_prompts"]
+        target = add_steering_lora(load_model(model.name, model.revision, model.dtype, model.device).model,
+                                   info.read_layer, SteerSettings(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                                  seed=cfg.seed))
+        distractors = []
+        if persona:  # pairs by reading: the decoder's answers about the target with the persona as system prompt
+            pairs = ev.pairs_by_reading(dec, target, tok, info, persona, prompts[:4],  # its LoRA starts at zero
+                                        description_questions("persona", 3))
+            others = sorted(c.text for c in load_controls(builtin_paths(), ["persona"]) if c.text != persona)
+            distractors = others[:: max(1, len(others) // (cfg.identification_k - 1))][: cfg.identification_k - 1]
+        results, samples = [], []
+        with target.disable_adapter():
+            r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "before")
+        results, samples = results + r, samples + s
+        settings = SteerSettings(cfg.steps, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha, per_layer=cfg.per_layer,
+                                 seed=cfg.seed)
+        progress = Progress(cfg.steps, "steer: optimizer steps")
+        curve = train_steering(target, dec, tok, info, pairs, prompts, settings, on_step=lambda *_: progress.advance())
+        target.save_pretrained(out.file("adapter"))
+        r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "steered")
+        results, samples = results + r, samples + s
+        randomize_like(target, cfg.seed + 1)
+        r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
+        results, samples = results + r, samples + s
+        out.file("steer.json").write_text(json.dumps({"control": cfg.control, "persona": persona, "pairs": pairs,
+                                                      "curve": curve}, indent=2) + "\n")
+        n = write_table(out.file("results.parquet"), results, STEER_RESULTS)
+        out.file("report.md").write_text(report(cfg, results, samples, curve))
+        manifest = out.commit(version=VERSION, inputs=[decoder], rows={"results.parquet": n},
+                              counts={"n_pairs": len(pairs), "steps": cfg.steps},
+                              summary={"results": results, "first_loss": curve[0]["loss"], "last_loss": curve[-1]["loss"]},
+                              config={"steer": cfg.model_dump(mode="json")}, **provenance())
+    logger().info("steer: loss %.3f -> %.3f; %s", curve[0]["loss"], curve[-1]["loss"], results)
+    publish(manifest, store, figures={f"{r['eval']}/{r['metric']}/{r['condition']}": round(r["value"], 4)
+                                      for r in results})
+    return manifest
+
+
+def report(cfg: SteerConfig, results: list[dict], samples: list[dict], curve: list[dict]) -> str:
+    lines = [f"# Steering: `{cfg.control}`", "",
+             f"{cfg.steps} steps, decoder loss on the desired answers {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}",
+             "", "| eval | metric | before | steered | random LoRA |", "|---|---|---|---|---|"]
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for r in results:
+        table.setdefault((r["eval"], r["metric"]), {})[r["condition"]] = r["value"]
+    for (e, m), v in table.items():
+        lines.append(f"| {e} | {m} | " + " | ".join(f"{v.get(c, float('nan')):.3f}"
+                                                    for c in ("before", "steered", "random_lora")) + " |")
+    lines += ["", "## Replies to the sentiment prompts", ""]
+    for condition in ("before", "steered", "random_lora"):
+        lines += [f"- ({condition}) {s['prompt']} -> {s['reply']}" for s in samples if s["condition"] == condition][:3]
+    return "\n".join(lines) + "\n"
