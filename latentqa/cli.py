@@ -3,6 +3,7 @@
   latentqa run [--config FILE] [--set section.field=value ...]
   latentqa serve [--model NAME] [--port N]
   latentqa lineage PATH|FINGERPRINT [--root DIR]
+  latentqa steer [--config FILE] [--set steer.field=value ...]
   latentqa read --decoder DIR --prompt TEXT [--system TEXT] [--reply TEXT] --question Q [--question Q ...]
   latentqa datasets [--root DIR]
   latentqa gc --keep N [--root DIR] [--dry-run]
@@ -79,6 +80,28 @@ def _report_to_local_server() -> None:
     if not os.environ.get("PREFECT_API_URL") and (services := running()):
         os.environ.update(PREFECT_API_URL=services.api_url, PREFECT_HOME=services.home)
         print(f"reporting to the local Prefect server: {services.ui_url}")
+
+
+def cmd_steer(args) -> int:
+    from latentqa.config import ConfigError
+
+    try:
+        cfg = load_run_config(args.config, args.set)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    _report_to_local_server()
+    from flows.steer import steer_target
+
+    state = steer_target(cfg, return_state=True)
+    if not state.is_completed():
+        print(f"steer {state.type.value}: {state.message}", file=sys.stderr)
+        return 1
+    manifest = state.result()
+    print((Path(cfg.storage.root) / manifest.dir / "report.md").read_text())
+    return 0
 
 
 def print_summary(root: Path, final) -> None:
@@ -237,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     lin.add_argument("--root", type=Path, help="the store (default: the one PATH lies in, else runs/demo)")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
+    st = sub.add_parser("steer", help="steer the target through the trained decoder (the config's steer section)")
+    st.add_argument("--config", type=Path, help=f"YAML run config (default: {DEFAULT_CONFIG} when present)")
+    st.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
+    st.set_defaults(fn=cmd_steer)
     rd = sub.add_parser("read", help="ask a trained decoder about the target's activations on a dialog")
     rd.add_argument("--decoder", type=Path, required=True, help="a train/<fp12> directory of a store")
     rd.add_argument("--prompt", required=True, help="the user message the target reads")

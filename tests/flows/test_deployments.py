@@ -25,7 +25,7 @@ from tests.flows.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 STAGES = {"catalog", "synthesize", "extract", "filter", "train", "evaluate"}
-DEPLOYMENTS = {"regenerate-dataset", "train-decoder", "evaluate", "full-pipeline"}
+DEPLOYMENTS = {"regenerate-dataset", "train-decoder", "evaluate", "full-pipeline", "steer"}
 
 
 def _free_port() -> int:
