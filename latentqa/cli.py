@@ -5,6 +5,7 @@
   latentqa lineage PATH|FINGERPRINT [--root DIR]
   latentqa steer [--config FILE] [--set steer.field=value ...]
   latentqa read --decoder DIR --prompt TEXT [--system TEXT] [--reply TEXT] --question Q [--question Q ...]
+  latentqa import-latentqa [--source DIR] [--out DIR]
   latentqa datasets [--root DIR]
   latentqa gc --keep N [--root DIR] [--dry-run]
   latentqa up [--port N] | latentqa down      (make serve / make stop)
@@ -184,6 +185,22 @@ def cmd_read(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from latentqa.release import read_release
+    from storage.imports import write_release
+
+    try:
+        counts = write_release(read_release(args.source), args.source, args.out)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"imported into {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"  hidden personas: --set evaluate.hidden_persona_file={args.out}/hidden_persona.parquet")
+    print(f"  catalog:         --set 'catalog.paths=[{args.out}/catalog/persona.yaml]' --set catalog.builtin=false")
+    print(f"  steering:        --set steer.control={args.out}/steering/<name>.yaml")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from storage import datasets
     from storage.store import Store
@@ -273,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_argument("--model", help="the target/decoder base model (default: the one the decoder was trained on)")
     rd.add_argument("--max-new-tokens", type=int, default=48)
     rd.set_defaults(fn=cmd_read)
+    imp = sub.add_parser("import-latentqa", help="the LatentQA release's eval data in this project's formats")
+    imp.add_argument("--source", type=Path, default=Path("../shared/latentqa_data"))
+    imp.add_argument("--out", type=Path, default=Path("runs/latentqa-release"))
+    imp.set_defaults(fn=cmd_import)
     dsets = sub.add_parser("datasets", help="list every dataset's versions and its latest one")
     dsets.add_argument("--root", type=Path, default=Path("runs/demo"))
     dsets.set_defaults(fn=cmd_datasets)

@@ -175,10 +175,20 @@ class EvaluateConfig(Section):
                                         description="faithfulness controls scored beside the decoder")
     identification_k: int = Field(5, ge=2, description="candidates per hidden persona (1 true + K-1 distractors)")
     relational_facts: int | None = Field(None, gt=0, description="facts sampled from latentqa/evals/facts.yaml")
+    hidden_persona_file: Path | None = Field(None, description="hidden personas from a table (label, text, "
+                                             "stimulus_user), e.g. the LatentQA release via `latentqa "
+                                             "import-latentqa`; default: the held-out personas of the split")
     max_new_tokens: int = Field(32, gt=0)
     max_examples: int | None = Field(None, gt=0, description="at most this many items per task (seeded sample)")
     batch_size: int = Field(8, gt=0)
     seed: int = 0
+
+    @field_validator("hidden_persona_file")
+    @classmethod
+    def _persona_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"evaluate.hidden_persona_file {path} not found (make it with latentqa import-latentqa)")
+        return path
 
 
 class SteerConfig(Section):

@@ -28,7 +28,7 @@ from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
 from latentqa.models import load_model
 from latentqa.reading import read_layers, right_pad
-from storage.fingerprint import fingerprint
+from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, METRICS, SPLIT, SUMMARY, read_table, write_table
 from storage.plots import plot_bars
@@ -40,7 +40,9 @@ STAGE, VERSION = "evaluate", 2
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
-    return fingerprint(STAGE, VERSION, sections=[p["cfg"], p["model"]],
+    cfg: EvaluateConfig = p["cfg"]
+    personas = [file_sha256(cfg.hidden_persona_file)] if cfg.hidden_persona_file else []  # a file by its bytes
+    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], *personas],
                        inputs=[p["decoder"].fingerprint, p["split"].fingerprint, p["acts"].fingerprint,
                                p["synth"].fingerprint])
 
@@ -63,9 +65,12 @@ def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], 
         it.acts = reader.acts(it.dialog_id, layer)
     fresh: list[Item] = []
     if "hidden_persona" in cfg.tasks:
-        personas = {r["label"]: {"label": r["label"], "text": dialogs[r["dialog_id"]]["control_user"],
-                                 "stimulus_user": dialogs[r["dialog_id"]]["stimulus_user"]}
-                    for r in split_rows if r["family"] == "persona"}
+        if cfg.hidden_persona_file:  # e.g. the LatentQA release's personas (latentqa import-latentqa)
+            personas = {r["label"]: r for r in read_table(cfg.hidden_persona_file).to_pylist()}
+        else:
+            personas = {r["label"]: {"label": r["label"], "text": dialogs[r["dialog_id"]]["control_user"],
+                                     "stimulus_user": dialogs[r["dialog_id"]]["stimulus_user"]}
+                        for r in split_rows if r["family"] == "persona"}
         fresh += hidden_persona_items(list(personas.values()), tok, cfg.identification_k, cfg.seed)
     if "relational" in cfg.tasks:
         fresh += relational_items(tok, cfg.relational_facts, cfg.seed)

@@ -1,0 +1,55 @@
+"""The LatentQA release's evaluation data, imported and used by the persona, catalog and steering paths.
+
+Runs only where ../shared/latentqa_data is present (never copied into the repository)."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from latentqa.catalog import load_controls
+from latentqa.cli import main
+from latentqa.config import SteerConfig
+from latentqa.evals.items import hidden_persona_items
+from tasks.steer import control_pairs
+
+SOURCE = Path(__file__).resolve().parents[3] / "shared" / "latentqa_data"
+pytestmark = pytest.mark.skipif(not (SOURCE / "data" / "eval").is_dir(),
+                                reason=f"the LatentQA release data is not at {SOURCE}")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("release")
+    assert main(["import-latentqa", "--source", str(SOURCE), "--out", str(out)]) == 0
+    return out
+
+
+def test_import_writes_catalogs_qa_personas_and_controls(imported):
+    controls = load_controls(sorted((imported / "catalog").glob("*.yaml")), ["persona", "goal", "scenario"])
+    assert len(controls) == 500 and {c.family for c in controls} == {"persona", "goal", "scenario"}
+    qa = pq.read_table(imported / "qa.parquet").to_pylist()
+    assert len(qa) >= 2 * 500 and all(r["question"] and r["answer"] for r in qa)
+    personas = pq.read_table(imported / "hidden_persona.parquet").to_pylist()
+    assert personas and all(p["label"].startswith("persona-") and p["text"] for p in personas)
+
+
+def test_hidden_persona_task_runs_on_the_release_personas(imported, tokenizer):
+    personas = pq.read_table(imported / "hidden_persona.parquet").to_pylist()[:6]
+    items = hidden_persona_items(personas, tokenizer, k=5, seed=0)
+    assert len(items) == 6 and all(len(it.candidates) == 5 for it in items)
+    assert all(it.reference == p["text"] and p["text"] not in tokenizer.decode(it.token_ids[it.n_prefix:])
+               for it, p in zip(items, personas))  # the release's system prompt is the masked control
+
+
+def test_release_steering_controls_load_as_pairs(imported):
+    for path in sorted((imported / "steering").glob("*.yaml")):
+        pairs, persona = control_pairs(SteerConfig(control=str(path)))
+        assert 5 <= len(pairs) <= 15 and persona is None
+    original = next((SOURCE / "controls").glob("*.json"))
+    assert len(control_pairs(SteerConfig(control=str(original)))[0]) == 15  # the release's own JSON, as is
+
+
+def test_missing_source_is_a_clear_error(tmp_path, capsys):
+    assert main(["import-latentqa", "--source", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "data/eval/control.json not found" in capsys.readouterr().err
