@@ -20,4 +20,4 @@ def evaluate_decoder(cfg: RunConfig = RunConfig(), version: str | None = None) -
     with open_version(store, cfg.name, version) as (record, chain):
         split, acts = chain["filter"], chain["extract"]
         decoder = trained_decoder(cfg, store, record, chain)
-        return evaluate(cfg.evaluate, cfg.model, decoder, split, acts, chain["synthesize"], store)
+        return evaluate(cfg.evaluate, cfg.model, decoder, split, acts, chain["synthesize"], store, cfg.endpoint)

@@ -26,4 +26,5 @@ def pipeline(cfg: RunConfig = RunConfig(), regenerate: bool = False) -> Manifest
     data = build_dataset(cfg, store, regenerate)
     with lease(store, cfg.name, data["filter"].fingerprint):
         decoder = train(cfg.train, cfg.model, data["filter"], data["extract"], store)
-        return evaluate(cfg.evaluate, cfg.model, decoder, data["filter"], data["extract"], data["synthesize"], store)
+        return evaluate(cfg.evaluate, cfg.model, decoder, data["filter"], data["extract"], data["synthesize"], store,
+                        cfg.endpoint)

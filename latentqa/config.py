@@ -178,6 +178,8 @@ class EvaluateConfig(Section):
     hidden_persona_file: Path | None = Field(None, description="hidden personas from a table (label, text, "
                                              "stimulus_user), e.g. the LatentQA release via `latentqa "
                                              "import-latentqa`; default: the held-out personas of the split")
+    judge: bool = Field(False, description="also score answers with an LLM judge through the endpoint section "
+                        "(the same OpenAI-compatible client as synthesis; replies cached in requests.sqlite)")
     max_new_tokens: int = Field(32, gt=0)
     max_examples: int | None = Field(None, gt=0, description="at most this many items per task (seeded sample)")
     batch_size: int = Field(8, gt=0)

@@ -95,6 +95,13 @@ FAMILY_KIND = {
     "scenario": "A scenario is a 2-3 sentence story with named people, a place, and an ending.",
 }
 
+JUDGE = """A model was asked: "{question}"
+The reference answer is: "{reference}"
+The model answered: "{answer}"
+
+Does the model's answer state the same thing as the reference (wording may differ)? Reply as JSON:
+{{"score": 1}} if it does, {{"score": 0}} if it does not."""
+
 SCHEMA_HINT = "\n\nThe JSON must match this schema:\n{schema}"
 RETRY = "Your previous reply was not valid: {error}. Reply again with JSON that matches the schema exactly."
 
@@ -116,6 +123,11 @@ def answers_messages(control: str, questions: list[str], max_chars: int, family:
     listed = "\n".join(f"{i + 1}. {q}" for i, q in enumerate(questions))
     template = ANSWERS_SCENARIO if family == "scenario" else ANSWERS
     text = template.format(control=control, questions=listed, n=len(questions), max_chars=max_chars)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def judge_messages(question: str, reference: str, answer: str) -> list[dict]:
+    text = JUDGE.format(question=question, reference=reference, answer=answer)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 

@@ -46,6 +46,12 @@ def controls_reply(n: int, max_chars: int) -> type[Reply]:
     return create_model("ControlsReply", __base__=Reply, controls=(list[control], Field(min_length=n, max_length=n)))
 
 
+@lru_cache(maxsize=1)
+def judge_reply() -> type[Reply]:
+    """1 when the answer states what the reference states, else 0."""
+    return create_model("JudgeReply", __base__=Reply, score=(int, Field(ge=0, le=1)))
+
+
 @lru_cache(maxsize=64)
 def json_schema(model: type[Reply]) -> dict[str, Any]:
     return model.model_json_schema()

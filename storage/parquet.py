@@ -31,7 +31,7 @@ SPLIT = pa.schema([*QA, ("split", pa.string())])
 METRICS = pa.schema([
     ("task", pa.string()), ("item_id", pa.string()), ("condition", pa.string()), ("question", pa.string()),
     ("reference", pa.string()), ("generated", pa.string()), ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
-    ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()),
+    ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()), ("judge", pa.float64()),
 ])
 STEER_RESULTS = pa.schema([
     ("eval", pa.string()), ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()),

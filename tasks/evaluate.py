@@ -20,18 +20,22 @@ from typing import Any
 
 import torch
 
-from latentqa.config import EvaluateConfig, ModelConfig
+from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import DecoderInfo
 from latentqa.evals.harness import Scorer, score_task, summarize
 from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_items, relational_items, sample_per_task
+from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
+from latentqa.llm import LLM, read_api_key
 from latentqa.models import load_model
 from latentqa.reading import read_layers, right_pad
+from latentqa.server import serving
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, METRICS, SPLIT, SUMMARY, read_table, write_table
 from storage.plots import plot_bars
+from storage.requests import RequestCache, request_key
 from storage.store import Store
 from tasks._common import (Progress, activation_reader, fail_if_asked, logger, provenance, publish, publish_image,
                            stage_task)
@@ -42,7 +46,8 @@ STAGE, VERSION = "evaluate", 2
 def fingerprint_of(p: dict[str, Any]) -> str:
     cfg: EvaluateConfig = p["cfg"]
     personas = [file_sha256(cfg.hidden_persona_file)] if cfg.hidden_persona_file else []  # a file by its bytes
-    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], *personas],
+    judge = [p["endpoint"]] if cfg.judge and p.get("endpoint") else []
+    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], *personas, *judge],
                        inputs=[p["decoder"].fingerprint, p["split"].fingerprint, p["acts"].fingerprint,
                                p["synth"].fingerprint])
 
@@ -86,16 +91,28 @@ def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) ->
     return Probe(mean_pool([reader.acts(d, layer) for d in ids]), [rows[d] for d in ids], seed=seed)
 
 
+def _judge(endpoint: EndpointConfig, store: Store, rows: list[dict]) -> list[float | None]:
+    cache = RequestCache(store.root / "requests.sqlite")
+    with serving(endpoint) as base_url:
+        llm = LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
+        scores = judge_rows(llm, rows)
+    cache.close()
+    return scores
+
+
 @stage_task(STAGE, fingerprint_of)
 def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: Manifest, acts: Manifest,
-             synth: Manifest, store: Store) -> Manifest:
+             synth: Manifest, store: Store, endpoint: EndpointConfig | None = None) -> Manifest:
     """Score every task under the decoder and every control; write the tables, the report and the chart."""
     from peft import PeftModel
 
-    fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts, "synth": synth})
+    fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts, "synth": synth,
+                         "endpoint": endpoint})
     if done := store.finished(STAGE, fp):
         return done
     fail_if_asked(STAGE)
+    if cfg.judge and endpoint is None:
+        raise ValueError("evaluate.judge needs an endpoint: pass the run config's endpoint section")
     with store.open_stage(STAGE, fp) as out:
         info = DecoderInfo.load(store.path(decoder, "decoder.json"))
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
@@ -116,6 +133,8 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         for task in tasks:
             rows += score_task(scorer, [it for it in items if it.task == task], cfg.controls, cfg.seed, probe)
             progress.advance()
+        for r, score in zip(rows, _judge(endpoint, store, rows) if cfg.judge else [None] * len(rows)):
+            r["judge"] = score
         summary = summarize(rows)
         n = write_table(out.file("metrics.parquet"), rows, METRICS)
         write_table(out.file("summary.parquet"), summary, SUMMARY)

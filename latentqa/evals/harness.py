@@ -143,6 +143,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         values = {m: [r[m] for r in rs] for m in ("rouge_l", "token_f1", "exact")}
         values["loss"] = [r["loss"] for r in rs if r["loss"] is not None and not math.isnan(r["loss"])]
         values["identification"] = [float(r["identified"]) for r in rs if r["identified"] is not None]
+        values["judge"] = [r["judge"] for r in rs if r.get("judge") is not None]
         for metric, vals in values.items():
             if vals:
                 out.append({"task": task, "condition": condition, "metric": metric,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from latentqa.evals.harness import PRIMARY
 
-METRICS = ("identification", "exact", "token_f1", "rouge_l", "loss")
+METRICS = ("identification", "exact", "token_f1", "rouge_l", "judge", "loss")
 
 
 def pivot(summary: list[dict]) -> dict[str, dict[str, dict[str, float]]]:

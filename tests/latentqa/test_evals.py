@@ -85,3 +85,39 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
     assert "## hidden_persona (primary: identification)" in report and "margin" in report
     assert read_text(tokenizer, items[0])
     assert len(sample_per_task(items, 2, seed=0)) == 2
+
+
+def test_llm_judge_scores_through_the_openai_client_and_caches(tmp_path, monkeypatch):
+    import re
+
+    from latentqa.config import EndpointConfig
+    from latentqa.evals.judge import judge_rows
+    from latentqa.llm import LLM, read_api_key
+    from storage.requests import RequestCache, request_key
+    from tests.fault_server import FaultServer
+
+    def verdict(body):  # a judge that says 1 when the reference's first word is in the answer
+        prompt = body["messages"][-1]["content"]
+        ref = re.search(r'reference answer is: "([^"]*)"', prompt)[1].split()[0]
+        ans = re.search(r'model answered: "([^"]*)"', prompt)[1]
+        return {"score": int(ref.lower() in ans.lower())}
+
+    rows = [{"task": "relational", "condition": "decoder", "question": "Currency?", "reference": "Euro",
+             "generated": "They pay in Euro."},
+            {"task": "relational", "condition": "zero", "question": "Currency?", "reference": "Euro",
+             "generated": "Bananas."},
+            {"task": "classification", "condition": "probe", "question": "Kind?", "reference": "goal",
+             "generated": "goal"}]
+    monkeypatch.setenv("JUDGE_KEY", "k")
+    endpoint = EndpointConfig(base_url="http://unused", model_id="judge", api_key_env="JUDGE_KEY")
+    with FaultServer(verdict) as server:
+        cache = RequestCache(tmp_path / "requests.sqlite")
+        llm = LLM(endpoint, server.base_url, read_api_key(endpoint, local=False), cache, request_key)
+        assert judge_rows(llm, rows) == [1.0, 0.0, None]  # the probe has no free-text answer to judge
+        sent = server.requests
+        llm = LLM(endpoint, server.base_url, read_api_key(endpoint, local=False), cache, request_key)
+        assert judge_rows(llm, rows) == [1.0, 0.0, None] and server.requests == sent  # cached
+    for r, j in zip(rows, [1.0, 0.0, None]):
+        r.update(judge=j, rouge_l=0.0, token_f1=0.0, exact=0.0, loss=1.0, identified=None)
+    judged = {(r["condition"], r["metric"]): r["value"] for r in summarize(rows) if r["metric"] == "judge"}
+    assert judged == {("decoder", "judge"): 1.0, ("zero", "judge"): 0.0}

@@ -6,6 +6,8 @@ are cheerful or gloomy. The steer stage then trains a LoRA on the target through
 positive than a random LoRA of the same size does.
 """
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -67,3 +69,27 @@ def test_steering_moves_replies_towards_the_requested_sentiment_more_than_a_rand
     assert steered - before > 0 and steered - before > random_lora - before, (before, steered, random_lora)
     assert (store.path(manifest, "adapter") / "adapter_model.safetensors").is_file()
     assert "| sentiment | positive_share |" in store.path(manifest, "report.md").read_text()
+
+
+def test_persona_control_gets_its_pairs_by_reading_and_every_eval_runs(tmp_path, tiny_model_dir, tokenizer):
+    """The persona path on the tiny random model (mechanics only): pairs come from the decoder's reading,
+    and sentiment, debias and persona identification are measured before, after and for the random LoRA."""
+    from latentqa.decoder import make_decoder
+
+    store, model = Store(tmp_path / "s"), ModelConfig(name=str(tiny_model_dir))
+    loaded = load_model(model.name)
+    decoder = make_decoder(loaded.model, 4, 8, 0.0, ["q_proj", "v_proj"])
+    with store.open_stage("train", "e" * 64) as out:
+        decoder.save_pretrained(out.file("adapter"))
+        DecoderInfo(str(tiny_model_dir), 1, 0, "?", placeholder_id(tokenizer, "?"), "system").save(out.file("decoder.json"))
+        train_manifest = out.commit(version=2)
+    cfg = SteerConfig(control="persona:persona-fantasy-pirate", evals=["sentiment", "debias", "persona"], steps=2,
+                      max_new_tokens=3, identification_k=3)
+    manifest = steer.fn(cfg, model, train_manifest, store)
+    results = {(r["eval"], r["condition"], r["metric"]) for r in manifest.summary["results"]}
+    for condition in ("before", "steered", "random_lora"):
+        assert {("sentiment", condition, "mean_compound"), ("debias", condition, "stereotype_margin"),
+                ("persona", condition, "identification")} <= results
+    written = json.loads(store.path(manifest, "steer.json").read_text())
+    assert written["persona"].startswith("Talk like a pirate") and written["pairs"]
+    assert all(q.endswith("?") for q, _ in written["pairs"])  # the persona description questions
