@@ -34,12 +34,23 @@ def test_import_writes_catalogs_qa_personas_and_controls(imported):
     assert personas and all(p["label"].startswith("persona-") and p["text"] for p in personas)
 
 
-def test_hidden_persona_task_runs_on_the_release_personas(imported, tokenizer):
+def test_hidden_persona_task_runs_on_the_release_personas(imported, tokenizer, tiny):
+    from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
+    from latentqa.evals.harness import Scorer, score_task, summarize
+    from tasks.evaluate import read_fresh
+
     personas = pq.read_table(imported / "hidden_persona.parquet").to_pylist()[:6]
     items = hidden_persona_items(personas, tokenizer, k=5, seed=0)
     assert len(items) == 6 and all(len(it.candidates) == 5 for it in items)
     assert all(it.reference == p["text"] and p["text"] not in tokenizer.decode(it.token_ids[it.n_prefix:])
                for it, p in zip(items, personas))  # the release's system prompt is the masked control
+    net = make_decoder(tiny.model, 4, 8, 0.0, ["q_proj", "v_proj"]).eval()  # mechanics: a random tiny decoder
+    info = DecoderInfo("tiny", 1, 0, "?", placeholder_id(tokenizer, "?"), "system")
+    with net.disable_adapter():
+        read_fresh(net, items, 1, tokenizer.eos_token_id, batch_size=6)
+    rows = score_task(Scorer(net, tokenizer, info, 6, 2), items, ["shuffled", "zero"], seed=0)
+    ident = {r["condition"]: r for r in summarize(rows) if r["metric"] == "identification"}
+    assert set(ident) == {"decoder", "shuffled", "zero"} and all(r["n"] == 6 for r in ident.values())
 
 
 def test_release_steering_controls_load_as_pairs(imported):

@@ -3,7 +3,8 @@
 A small decoder is trained here to answer "How does the assistant feel?" from the activations of replies that
 are cheerful or gloomy. The steer stage then trains a LoRA on the target through that frozen decoder, towards
 "happy", and scores greedy replies to open prompts with VADER: the steered target must move further towards
-positive than a random LoRA of the same size does.
+positive than a random LoRA of the same size does. Measured here (2-core CPU, 30 steps, lr 1e-4): mean VADER
+compound of the replies 0.369 before, 0.557 steered, 0.329 with the random LoRA.
 """
 
 import json
