@@ -55,3 +55,10 @@ def contains_answer(prediction: str, reference: str) -> float:
     if not ref:
         return float(not pred)
     return float(any(pred[i: i + len(ref)] == ref for i in range(len(pred) - len(ref) + 1)))
+
+
+def exclusive_choice(prediction: str, reference: str, choices: list[str]) -> float:
+    """1.0 when the prediction names the reference class and no other choice (an answer that lists every
+    option is not a classification)."""
+    named = [c for c in choices if contains_answer(prediction, c)]
+    return float(named == [reference])

@@ -40,7 +40,7 @@ from storage.store import Store
 from tasks._common import (Progress, activation_reader, fail_if_asked, logger, provenance, publish, publish_image,
                            stage_task)
 
-STAGE, VERSION = "evaluate", 2
+STAGE, VERSION = "evaluate", 3
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from latentqa.evals.items import Item, read_text
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.generate import answer, answer_losses, text_answers, text_losses
-from latentqa.metrics import contains_answer, rouge_l, token_f1
+from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f1
 
 CONTROLS = ("shuffled", "zero", "text_only", "untrained_patch", "probe")
 PRIMARY = {"gist": "token_f1", "fact": "token_f1", "classification": "exact", "hidden_persona": "identification",
@@ -128,7 +128,9 @@ def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int
         for k, (it, g, loss) in enumerate(zip(items, generated, losses)):
             rows.append({"task": it.task, "item_id": it.item_id, "condition": condition, "question": it.question,
                          "reference": it.reference, "generated": g, "rouge_l": rouge_l(g, it.reference),
-                         "token_f1": token_f1(g, it.reference), "exact": contains_answer(g, it.reference),
+                         "token_f1": token_f1(g, it.reference),
+                         "exact": exclusive_choice(g, it.reference, it.choices) if it.choices
+                         else contains_answer(g, it.reference),
                          "loss": loss, "identified": identified[condition][k] if condition in identified else None})
     return rows
 

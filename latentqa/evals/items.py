@@ -18,6 +18,7 @@ import yaml
 
 from latentqa.dialogs import encode_dialog
 
+FAMILIES = ("persona", "goal", "scenario")
 TASKS = ("gist", "fact", "classification", "hidden_persona", "relational")
 PERSONA_QUESTION = "What persona is the assistant adopting?"
 CLASS_QUESTION = "Is the assistant following a persona, a goal or a scenario? Answer with one word."
@@ -34,6 +35,7 @@ class Item:
     label: str | None = None  # the class, for the probe
     candidates: list[str] | None = None  # identification: candidates[0] is the true description
     dialog_id: str | None = None  # the extracted dialog whose activations the item uses (held-out items)
+    choices: list[str] | None = None  # classification: exact match means naming the reference and no other
     acts: np.ndarray | None = field(default=None, repr=False)  # [n, d], filled from the store or a fresh read
 
 
@@ -53,7 +55,7 @@ def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant
         if r["dialog_id"] not in seen:
             seen.add(r["dialog_id"])
             out.append(Item("classification", f"{r['dialog_id']}:class", CLASS_QUESTION, r["family"], enc.token_ids,
-                            enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"]))
+                            enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"], choices=list(FAMILIES)))
     return out
 
 

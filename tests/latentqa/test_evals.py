@@ -16,6 +16,15 @@ def test_scorers_give_one_for_identical_and_zero_for_disjoint(score):
     assert score("blue whales swim", "Paris France Euro") == 0.0
 
 
+def test_a_classification_answer_listing_every_option_is_not_exact():
+    from latentqa.metrics import exclusive_choice
+
+    choices = ["persona", "goal", "scenario"]
+    assert exclusive_choice("It follows a goal.", "goal", choices) == 1.0
+    assert exclusive_choice("It follows a persona, a goal or a scenario.", "goal", choices) == 0.0
+    assert exclusive_choice("A persona.", "goal", choices) == 0.0
+
+
 def test_exact_match_finds_the_object_inside_a_sentence():
     assert contains_answer("I think they pay with the Swiss franc these days.", "Swiss franc") == 1.0
     assert contains_answer("They use the franc.", "Swiss franc") == 0.0
