@@ -73,9 +73,9 @@ def train_steering(target, decoder, tokenizer, info, pairs: list[tuple[str, str]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curve.append({"step": step + 1, "loss": float(loss)})
+        curve.append({"step": step + 1, "loss": loss.item()})
         if on_step:
-            on_step(step + 1, float(loss))
+            on_step(step + 1, loss.item())
     target.eval()
     return curve
 

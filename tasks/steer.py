@@ -137,7 +137,8 @@ def report(cfg: SteerConfig, results: list[dict], samples: list[dict], curve: li
     for (e, m), v in table.items():
         lines.append(f"| {e} | {m} | " + " | ".join(f"{v.get(c, float('nan')):.3f}"
                                                     for c in ("before", "steered", "random_lora")) + " |")
-    lines += ["", "## Replies to the sentiment prompts", ""]
+    if samples:
+        lines += ["", "## Replies to the sentiment prompts", ""]
     for condition in ("before", "steered", "random_lora"):
         lines += [f"- ({condition}) {s['prompt']} -> {s['reply']}" for s in samples if s["condition"] == condition][:3]
     return "\n".join(lines) + "\n"
