@@ -102,7 +102,8 @@ class ExtractConfig(Section):
                                    "(block L's output is hidden_states[L+1])")
     max_tokens: int = Field(512, gt=0, description="dialogs longer than this are skipped (reason exceeds_context)")
     act_dtype: Literal["float32", "float16"] = "float32"
-    batch_tokens: int = Field(4096, gt=0, description="padded tokens per forward; halved on out-of-memory")
+    batch_tokens: int = Field(2048, gt=0, description="padded tokens per forward; halved on out-of-memory. "
+                              "2048 is fastest on CPU (bench/extract.py); on a GPU raise it")
     part_tokens: int = Field(262_144, gt=0, description="kept tokens per Parquet part (bounds a part's size)")
     runner: Literal["local", "dask"] = Field("local", description="local: parts run in this process; dask: on a "
                                              "Dask cluster through prefect-dask")
