@@ -53,23 +53,32 @@ def load_run_config(path: Path | None, overrides: list[str]):
     return parse_config(_apply_overrides(raw or {}, overrides), source=str(path or "defaults"))
 
 
-def cmd_run(args) -> int:
+def _run_flow(args, flow_name: str):
+    """Load and check the config, then run a flow of flows/ on it: (config, final state) or an exit code."""
     from latentqa.config import ConfigError
 
     try:
         cfg = load_run_config(args.config, args.set)
     except ConfigError as err:
         print(err, file=sys.stderr)
-        return 2
+        return None, 2
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     _report_to_local_server()
-    from flows.pipeline import pipeline  # Prefect is imported only by the commands that run flows
+    import importlib  # Prefect is imported only by the commands that run flows
 
-    state = pipeline(cfg, return_state=True)
+    module, fn = flow_name.split(":")
+    state = getattr(importlib.import_module(module), fn)(cfg, return_state=True)
     if not state.is_completed():
-        print(f"pipeline {state.type.value}: {state.message}", file=sys.stderr)
-        return 1
+        print(f"{fn} {state.type.value}: {state.message}", file=sys.stderr)
+        return None, 1
+    return cfg, state
+
+
+def cmd_run(args) -> int:
+    cfg, state = _run_flow(args, "flows.pipeline:pipeline")
+    if cfg is None:
+        return state
     print_summary(cfg.storage.root, state.result())
     return 0
 
@@ -84,24 +93,10 @@ def _report_to_local_server() -> None:
 
 
 def cmd_steer(args) -> int:
-    from latentqa.config import ConfigError
-
-    try:
-        cfg = load_run_config(args.config, args.set)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    for key, value in _PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    _report_to_local_server()
-    from flows.steer import steer_target
-
-    state = steer_target(cfg, return_state=True)
-    if not state.is_completed():
-        print(f"steer {state.type.value}: {state.message}", file=sys.stderr)
-        return 1
-    manifest = state.result()
-    print((Path(cfg.storage.root) / manifest.dir / "report.md").read_text())
+    cfg, state = _run_flow(args, "flows.steer:steer_target")
+    if cfg is None:
+        return state
+    print((Path(cfg.storage.root) / state.result().dir / "report.md").read_text())
     return 0
 
 

@@ -37,10 +37,10 @@ def answer_losses(decoder, tokenizer, acts: list[np.ndarray], questions: list[st
     with patched_block(write_block(decoder, write_layer), batch.patch):
         logits = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          position_ids=batch.position_ids).logits
-    return _per_example_ce(logits, batch.labels)
+    return per_example_ce(logits, batch.labels)
 
 
-def _per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+def per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
     shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
     ce = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
                                            reduction="none")
@@ -55,7 +55,7 @@ def _text_prompt(tokenizer, text: str, question: str) -> list[int]:
     return encode(tokenizer, render(tokenizer, msgs, add_generation_prompt=True))
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -66,14 +66,19 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def text_answers(model, tokenizer, texts: list[str], questions: list[str], max_new_tokens: int = 32) -> list[str]:
-    """The text-only baseline: the model reads the dialog as text (no activations) and answers the question."""
+def greedy_continuations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of token-id prompts, generated as one left-padded batch (no patching)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = _left_pad([_text_prompt(tokenizer, t, q) for t, q in zip(texts, questions)], pad_id,
-                          next(model.parameters()).device)
+    ids, mask = left_pad(prompts, pad_id, next(model.parameters()).device)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, ids.shape[1]:]]
+
+
+def text_answers(model, tokenizer, texts: list[str], questions: list[str], max_new_tokens: int = 32) -> list[str]:
+    """The text-only baseline: the model reads the dialog as text (no activations) and answers the question."""
+    prompts = [_text_prompt(tokenizer, t, q) for t, q in zip(texts, questions)]
+    return greedy_continuations(model, tokenizer, prompts, max_new_tokens)
 
 
 @torch.no_grad()
@@ -89,8 +94,8 @@ def text_losses(model, tokenizer, texts: list[str], questions: list[str], answer
         seqs.append(prompt + target)
         labels.append([-100] * len(prompt) + target)
     device = next(model.parameters()).device
-    ids, mask = _left_pad(seqs, pad_id, device)
-    lab, _ = _left_pad(labels, -100, device)
+    ids, mask = left_pad(seqs, pad_id, device)
+    lab, _ = left_pad(labels, -100, device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    return _per_example_ce(logits, lab)
+    return per_example_ce(logits, lab)

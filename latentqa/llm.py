@@ -189,3 +189,14 @@ def _short(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "reply"
     return f"{loc}: {first['msg']}"
+
+
+def run_all(llm: LLM, requests) -> list:
+    """Run the client's requests (awaitables) concurrently, bounded by its semaphore, then close it."""
+    async def main():
+        try:
+            return await asyncio.gather(*requests)
+        finally:
+            await llm.close()
+
+    return asyncio.run(main())

@@ -20,7 +20,7 @@ from latentqa.decoder import DecoderInfo
 from latentqa.dialogs import encode_turns
 from latentqa.generate import answer
 from latentqa.models import load_model
-from latentqa.reading import read_layers
+from latentqa.reading import read_spans
 
 
 class Reader:
@@ -44,11 +44,8 @@ class Reader:
         if reply is not None:
             full.append({"role": "assistant", "content": reply})
         enc = encode_turns(self.tokenizer, prefix, full, gen=reply is None)
-        device = next(self.net.parameters()).device
-        ids = torch.tensor([enc.token_ids], device=device)
-        with self.net.disable_adapter():
-            acts = read_layers(self.net, ids, torch.ones_like(ids), [self.info.read_layer])[self.info.read_layer]
-        return acts[0, enc.n_prefix:].float().cpu().numpy()
+        with self.net.disable_adapter():  # the target: the base model
+            return read_spans(self.net, [enc], self.info.read_layer, pad_id=0)[0]
 
     def ask(self, questions: list[str], prompt: str, system: str | None = None, reply: str | None = None,
             max_new_tokens: int = 48) -> list[str]:

@@ -74,6 +74,19 @@ def read_layers(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Ten
     return read_layers_with_grad(model, input_ids_bt, mask_bt, layers, early_stop)
 
 
+def read_spans(model: nn.Module, encoded: list, layer: int, pad_id: int, batch_size: int = 8) -> list:
+    """[n, d] float32 arrays of block `layer`'s output at positions [n_prefix, len) of each encoded dialog
+    (anything with `token_ids` and `n_prefix`), read in right-padded batches."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i: i + batch_size]
+        ids, mask = right_pad([e.token_ids for e in chunk], pad_id)
+        acts = read_layers(model, ids.to(device), mask.to(device), [layer])[layer]
+        out += [acts[b, e.n_prefix: len(e.token_ids)].float().cpu().numpy() for b, e in enumerate(chunk)]
+    return out
+
+
 def length_batches(lengths: dict[str, int], batch_tokens: int) -> list[list[str]]:
     """Group ids of similar length so that padded tokens per batch stay under batch_tokens; longest first, so
     a batch that does not fit in memory fails at the start rather than the end."""

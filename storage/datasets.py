@@ -40,6 +40,14 @@ def _dir(store: Store, name: str) -> Path:
     return store.root / DATASETS / name
 
 
+def _record(store: Store, name: str, version: str) -> Path:
+    return _dir(store, name) / "versions" / f"{version[:FP_CHARS]}.json"
+
+
+def _lease(store: Store, name: str, version: str) -> Path:
+    return _dir(store, name) / "versions" / f"{version[:FP_CHARS]}.lease"
+
+
 def record_version(store: Store, name: str, manifests: dict[str, Manifest], flow_run_id: str | None = None,
                    note: dict[str, Any] | None = None) -> tuple[dict, bool]:
     """Record a complete version (its chain's manifests, all finished) and move `latest` to it if it is new.
@@ -52,7 +60,7 @@ def record_version(store: Store, name: str, manifests: dict[str, Manifest], flow
     for m in manifests.values():
         store.path(m)  # raises unless finished
     version = manifests["filter"].fingerprint
-    path = _dir(store, name) / "versions" / f"{version[:FP_CHARS]}.json"
+    path = _record(store, name, version)
     is_new = not path.exists()
     record = json.loads(path.read_text()) if not is_new else {
         "name": name, "version": version, "created_at": datetime.now(UTC).isoformat(),  # sub-second: versions sort by it
@@ -111,7 +119,7 @@ def open_version(store: Store, name: str, version: str | None = None) -> Iterato
     """(record, chain manifests) of a version, leased for the duration of the block."""
     record = resolve_version(store, name, version)
     with lease(store, name, record["version"]):
-        if not (_dir(store, name) / "versions" / f"{record['version'][:FP_CHARS]}.json").exists():
+        if not _record(store, name, record["version"]).exists():
             raise StoreError(f"dataset {name!r} version {record['version'][:FP_CHARS]} was removed by gc just now")
         yield record, chain_manifests(store, record)
 
@@ -119,7 +127,7 @@ def open_version(store: Store, name: str, version: str | None = None) -> Iterato
 @contextmanager
 def lease(store: Store, name: str, version: str) -> Iterator[None]:
     """Hold a version while a run reads it: gc will not remove it (a shared lock, many readers at once)."""
-    path = _dir(store, name) / "versions" / f"{version[:FP_CHARS]}.lease"
+    path = _lease(store, name, version)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_SH)
@@ -201,10 +209,9 @@ def gc(store: Store, keep: int, dry_run: bool = False) -> GcPlan:
         latest = resolve_version(store, name)["version"] if (_dir(store, name) / "latest.json").exists() else None
         for i, rec in enumerate(versions(store, name)):
             tag = f"{name}/{rec['version'][:FP_CHARS]}"
-            lease_path = _dir(store, name) / "versions" / f"{rec['version'][:FP_CHARS]}.lease"
             if i < keep or rec["version"] == latest:
                 kept.append((tag, rec))
-            elif (claim := _claim(lease_path)) is None:
+            elif (claim := _claim(_lease(store, name, rec["version"]))) is None:
                 leased.append((tag, rec))
             else:
                 claims.append(claim)
@@ -227,9 +234,8 @@ def gc(store: Store, keep: int, dry_run: bool = False) -> GcPlan:
 
 def _remove(store: Store, doomed: list[str], removed: list) -> None:
     for _, rec in removed:  # the record first: from here on no run can resolve the version
-        folder = _dir(store, rec["name"]) / "versions"
-        (folder / f"{rec['version'][:FP_CHARS]}.json").unlink(missing_ok=True)
-        (folder / f"{rec['version'][:FP_CHARS]}.lease").unlink(missing_ok=True)
+        _record(store, rec["name"], rec["version"]).unlink(missing_ok=True)
+        _lease(store, rec["name"], rec["version"]).unlink(missing_ok=True)
     for d in doomed:
         stage_dir = store.root / d
         (stage_dir / MANIFEST).unlink(missing_ok=True)  # unfinished first: nobody picks up a half-deleted dir

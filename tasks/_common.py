@@ -14,8 +14,9 @@ import logging
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -26,9 +27,13 @@ from prefect.exceptions import MissingContextError
 from prefect.tasks import MaterializingTask
 from prefect.transactions import get_transaction
 
+from latentqa.config import EndpointConfig
 from latentqa.decoder import encode_example
+from latentqa.llm import LLM, read_api_key
+from latentqa.server import serving
 from storage.manifest import Manifest
 from storage.parquet import SPLIT, ActivationReader, read_table
+from storage.requests import RequestCache, request_key
 from storage.store import Store
 
 _KEY = re.compile(r"^(?P<stage>[a-z_]+)-(?P<fp>[0-9a-f]{12})-(?P<token>[0-9a-z]+)$")
@@ -105,6 +110,18 @@ def fail_if_asked(stage: str) -> None:
     target, _, flag = spec.partition(":")
     if target == stage and flag and Path(flag).exists():
         raise RuntimeError(f"{stage}: failing on purpose (LATENTQA_TEST_FAIL, flag {flag} exists)")
+
+
+@contextmanager
+def endpoint_client(endpoint: EndpointConfig, store: Store) -> Iterator[LLM]:
+    """The structured LLM client of `endpoint` (the project's own server when it has no base_url), with replies
+    cached in <root>/requests.sqlite; the server stops and the cache closes on exit."""
+    cache = RequestCache(store.root / "requests.sqlite")
+    try:
+        with serving(endpoint) as base_url:
+            yield LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
+    finally:
+        cache.close()
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:

@@ -14,20 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import asyncio
-
 from latentqa.catalog import Control, accept_new, builtin_paths, load_controls, sample_controls
 from latentqa.config import CatalogConfig, EndpointConfig
-from latentqa.llm import LLM, read_api_key
+from latentqa.llm import run_all
 from latentqa.prompts import generate_controls_messages
 from latentqa.schemas import controls_reply
-from latentqa.server import serving
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, REJECTED, write_table
-from storage.requests import RequestCache, request_key
 from storage.store import Store
-from tasks._common import fail_if_asked, provenance, publish, stage_task
+from tasks._common import endpoint_client, fail_if_asked, provenance, publish, stage_task
 
 STAGE, VERSION = "catalog", 2
 
@@ -52,20 +48,9 @@ def generate(cfg: CatalogConfig, endpoint: EndpointConfig, catalog: list[Control
         groups.setdefault((c.family, c.category), []).append(c)
     n, chars = cfg.generate_per_category, cfg.generate_max_chars
     params = {"temperature": cfg.generate_temperature, "max_tokens": n * (chars // 3 + 24) + 32, "seed": cfg.seed}
-    cache = RequestCache(store.root / "requests.sqlite")
-
-    async def ask_all(llm: LLM):
-        try:
-            return await asyncio.gather(*(
-                llm.complete(generate_controls_messages(f, cat, [c.text for c in seeds], n, chars),
-                             controls_reply(n, chars), params) for (f, cat), seeds in groups.items()))
-        finally:
-            await llm.close()
-
-    with serving(endpoint) as base_url:
-        llm = LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
-        results = asyncio.run(ask_all(llm))
-    cache.close()
+    with endpoint_client(endpoint, store) as llm:
+        results = run_all(llm, [llm.complete(generate_controls_messages(f, cat, [c.text for c in seeds], n, chars),
+                                             controls_reply(n, chars), params) for (f, cat), seeds in groups.items()])
     candidates, rejected = [], []
     for ((family, category), _), result in zip(groups.items(), results):
         if not result.ok:

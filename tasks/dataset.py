@@ -9,6 +9,7 @@ Resume  nothing to resume: the record is written after every stage directory it 
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from storage.datasets import record_version
@@ -26,8 +27,6 @@ def record_dataset(controls: Manifest, synth: Manifest, acts: Manifest, split: M
     logger().info("dataset %s version %s (%s)", store.dataset, record["version"][:12],
                   "new: latest moved to it" if is_new else "already recorded")
     if in_run():
-        from prefect.artifacts import create_markdown_artifact
-
         rows = "\n".join(f"| {s} | `{r['fingerprint'][:12]}` | {r['dir']} |" for s, r in record["stages"].items())
         create_markdown_artifact(
             key=f"{artifact_key('dataset', store)}-version",

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import DecoderInfo
 from latentqa.evals.harness import Scorer, score_task, summarize
@@ -27,18 +25,15 @@ from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_item
 from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
-from latentqa.llm import LLM, read_api_key
 from latentqa.models import load_model
-from latentqa.reading import read_layers, right_pad
-from latentqa.server import serving
+from latentqa.reading import read_spans
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, METRICS, SPLIT, SUMMARY, read_table, write_table
 from storage.plots import plot_bars
-from storage.requests import RequestCache, request_key
 from storage.store import Store
-from tasks._common import (Progress, activation_reader, fail_if_asked, logger, provenance, publish, publish_image,
-                           stage_task)
+from tasks._common import (Progress, activation_reader, endpoint_client, fail_if_asked, logger, provenance, publish,
+                           publish_image, stage_task)
 
 STAGE, VERSION = "evaluate", 3
 
@@ -52,21 +47,17 @@ def fingerprint_of(p: dict[str, Any]) -> str:
                                p["synth"].fingerprint])
 
 
-@torch.no_grad()
 def read_fresh(model, items: list[Item], layer: int, pad_id: int, batch_size: int) -> None:
     """Fill items' activations by reading the target (the untrained model) at `layer`."""
-    for i in range(0, len(items), batch_size):
-        chunk = items[i: i + batch_size]
-        ids, mask = right_pad([it.token_ids for it in chunk], pad_id)
-        acts = read_layers(model, ids.to(model.device), mask.to(model.device), [layer])[layer]
-        for b, it in enumerate(chunk):
-            it.acts = acts[b, it.n_prefix: len(it.token_ids)].float().cpu().numpy()
+    for it, acts in zip(items, read_spans(model, items, layer, pad_id, batch_size)):
+        it.acts = acts
 
 
 def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], reader, layer: int, variant: str):
     """(items whose activations come from the store, items the target must read now)."""
-    stored = [it for it in heldout_items(split_rows, dialogs, tok, variant) if it.task in cfg.tasks]
-    for it in stored:
+    stored = sample_per_task([it for it in heldout_items(split_rows, dialogs, tok, variant) if it.task in cfg.tasks],
+                             cfg.max_examples, cfg.seed)
+    for it in stored:  # views into the extracted parts, only for the items kept
         it.acts = reader.acts(it.dialog_id, layer)
     fresh: list[Item] = []
     if "hidden_persona" in cfg.tasks:
@@ -79,7 +70,7 @@ def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], 
         fresh += hidden_persona_items(list(personas.values()), tok, cfg.identification_k, cfg.seed)
     if "relational" in cfg.tasks:
         fresh += relational_items(tok, cfg.relational_facts, cfg.seed)
-    return sample_per_task(stored, cfg.max_examples, cfg.seed), sample_per_task(fresh, cfg.max_examples, cfg.seed)
+    return stored, sample_per_task(fresh, cfg.max_examples, cfg.seed)
 
 
 def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) -> Probe | None:
@@ -89,15 +80,6 @@ def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) ->
         return None
     ids = sorted(rows)
     return Probe(mean_pool([reader.acts(d, layer) for d in ids]), [rows[d] for d in ids], seed=seed)
-
-
-def _judge(endpoint: EndpointConfig, store: Store, rows: list[dict]) -> list[float | None]:
-    cache = RequestCache(store.root / "requests.sqlite")
-    with serving(endpoint) as base_url:
-        llm = LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
-        scores = judge_rows(llm, rows)
-    cache.close()
-    return scores
 
 
 @stage_task(STAGE, fingerprint_of)
@@ -133,7 +115,11 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         for task in tasks:
             rows += score_task(scorer, [it for it in items if it.task == task], cfg.controls, cfg.seed, probe)
             progress.advance()
-        for r, score in zip(rows, _judge(endpoint, store, rows) if cfg.judge else [None] * len(rows)):
+        scores = [None] * len(rows)
+        if cfg.judge:
+            with endpoint_client(endpoint, store) as llm:
+                scores = judge_rows(llm, rows)
+        for r, score in zip(rows, scores):
             r["judge"] = score
         summary = summarize(rows)
         n = write_table(out.file("metrics.parquet"), rows, METRICS)

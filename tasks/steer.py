@@ -90,27 +90,24 @@ def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store)
         dec_loaded = load_model(model.name, model.revision, model.dtype, model.device)
         dec = PeftModel.from_pretrained(dec_loaded.model, store.path(decoder, "adapter")).eval()
         tok, prompts = dec_loaded.tokenizer, ev.steering_data()["neutral_prompts"]
+        settings = SteerSettings(cfg.steps, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha, per_layer=cfg.per_layer,
+                                 seed=cfg.seed)
         target = add_steering_lora(load_model(model.name, model.revision, model.dtype, model.device).model,
-                                   info.read_layer, SteerSettings(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                                  seed=cfg.seed))
+                                   info.read_layer, settings)
         distractors = []
         if persona:  # pairs by reading: the decoder's answers about the target with the persona as system prompt
             pairs = ev.pairs_by_reading(dec, target, tok, info, persona, prompts[:4],  # its LoRA starts at zero
                                         description_questions("persona", 3))
             others = sorted(c.text for c in load_controls(builtin_paths(), ["persona"]) if c.text != persona)
             distractors = others[:: max(1, len(others) // (cfg.identification_k - 1))][: cfg.identification_k - 1]
-        results, samples = [], []
         with target.disable_adapter():
-            r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "before")
-        results, samples = results + r, samples + s
-        settings = SteerSettings(cfg.steps, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha, per_layer=cfg.per_layer,
-                                 seed=cfg.seed)
+            results, samples = _measure(cfg, target, dec, tok, info, persona, distractors, "before")
         progress = Progress(cfg.steps, "steer: optimizer steps")
         curve = train_steering(target, dec, tok, info, pairs, prompts, settings, on_step=lambda *_: progress.advance())
         target.save_pretrained(out.file("adapter"))
         r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "steered")
         results, samples = results + r, samples + s
-        randomize_like(target, cfg.seed + 1)
+        randomize_like(target, cfg.seed + 1)  # the trained adapter is saved above
         r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
         results, samples = results + r, samples + s
         out.file("steer.json").write_text(json.dumps({"control": cfg.control, "persona": persona, "pairs": pairs,

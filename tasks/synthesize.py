@@ -13,16 +13,14 @@ import asyncio
 from typing import Any
 
 from latentqa.config import EndpointConfig, SynthesizeConfig
-from latentqa.llm import LLM, Result, read_api_key
+from latentqa.llm import LLM, Result, run_all
 from latentqa.prompts import answers_messages, description_questions, dialog_messages, implications_messages
 from latentqa.schemas import answers_reply, dialog_reply, implications_reply
-from latentqa.server import serving
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_table
-from storage.requests import RequestCache, request_key
 from storage.store import Store
-from tasks._common import fail_if_asked, Progress, logger, provenance, publish, stage_task
+from tasks._common import Progress, endpoint_client, fail_if_asked, logger, provenance, publish, stage_task
 
 STAGE, VERSION = "synthesize", 1
 
@@ -65,7 +63,7 @@ def _rows(control: dict, results: dict[str, Result], questions: list[str]) -> tu
     return [dialog], qa, []
 
 
-async def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progress: Progress):
+def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progress: Progress):
     params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
     if cfg.frequency_penalty:
         params["frequency_penalty"] = cfg.frequency_penalty
@@ -75,10 +73,7 @@ async def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progre
         progress.advance()
         return out
 
-    try:
-        return await asyncio.gather(*(one(c) for c in controls))
-    finally:
-        await llm.close()
+    return run_all(llm, [one(c) for c in controls])
 
 
 @stage_task(STAGE, fingerprint_of)
@@ -89,10 +84,8 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
         return done
     fail_if_asked(STAGE)
     rows = read_table(store.path(controls, "controls.parquet"), CONTROLS).to_pylist()
-    cache = RequestCache(store.root / "requests.sqlite")
-    with store.open_stage(STAGE, fp) as out, serving(endpoint) as base_url:
-        llm = LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
-        results = asyncio.run(_run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded")))
+    with store.open_stage(STAGE, fp) as out, endpoint_client(endpoint, store) as llm:
+        results = _run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded"))
         _check_budget(results, llm)
         dialogs, qa, rejected = [], [], []
         for control, (calls, questions) in zip(rows, results):
@@ -112,7 +105,6 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
                               summary={"model_id": endpoint.served_model, "local_endpoint": not endpoint.base_url,
                                        "structured_output": llm.mode, "spent_usd": round(llm.budget.spent, 6)},
                               **provenance())
-    cache.close()
     logger().info("synthesize: %d dialogs, %d QA pairs, %d failed controls (%d sent, %d cached)",
                           n["dialogs.parquet"], n["qa.parquet"], len({r["label"] for r in rejected}), sent, cached)
     publish(manifest, store)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -50,31 +51,31 @@ class Scorer:
     def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int):
         self.net, self.tok, self.info, self.bs, self.max_new = net, tokenizer, info, batch_size, max_new_tokens
 
+    def _weights(self, trained: bool):
+        """The decoder as trained, or the untrained model (the same weights with the adapter switched off)."""
+        return nullcontext() if trained else self.net.disable_adapter()
+
     def generate(self, acts, questions, trained: bool = True) -> list[str]:
         def run(a, q):
             return answer(self.net, self.tok, a, q, self.info.placeholder_id, self.info.write_layer, self.max_new,
                           self.info.norm_match)
-        if trained:
-            return _batched(run, len(acts), self.bs, acts, questions)
-        with self.net.disable_adapter():
+        with self._weights(trained):
             return _batched(run, len(acts), self.bs, acts, questions)
 
     def losses(self, acts, questions, answers, trained: bool = True) -> list[float]:
         def run(a, q, r):
             return answer_losses(self.net, self.tok, a, q, r, self.info.placeholder_id, self.info.write_layer,
                                  self.info.norm_match)
-        if trained:
-            return _batched(run, len(acts), self.bs, acts, questions, answers)
-        with self.net.disable_adapter():
+        with self._weights(trained):
             return _batched(run, len(acts), self.bs, acts, questions, answers)
 
     def text(self, texts, questions) -> list[str]:
-        with self.net.disable_adapter():
+        with self._weights(trained=False):
             return _batched(lambda t, q: text_answers(self.net, self.tok, t, q, self.max_new), len(texts), self.bs,
                             texts, questions)
 
     def text_losses(self, texts, questions, answers) -> list[float]:
-        with self.net.disable_adapter():
+        with self._weights(trained=False):
             return _batched(lambda t, q, a: text_losses(self.net, self.tok, t, q, a), len(texts), self.bs,
                             texts, questions, answers)
 

@@ -46,14 +46,16 @@ def read_text(tokenizer, item: Item) -> str:
 
 def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant: str) -> list[Item]:
     """gist and fact items from the eval split's QA rows, and one classification item per dialog."""
-    out, seen = [], set()
+    out, encoded = [], {}
     for r in rows:
-        enc = encode_dialog(tokenizer, dialogs[r["dialog_id"]], variant)
+        first = r["dialog_id"] not in encoded
+        if first:  # a dialog has several QA rows: encode it once
+            encoded[r["dialog_id"]] = encode_dialog(tokenizer, dialogs[r["dialog_id"]], variant)
+        enc = encoded[r["dialog_id"]]
         task = "gist" if r["kind"] == "description" else "fact"
         out.append(Item(task, r["qa_id"], r["question"], r["answer"], enc.token_ids, enc.n_prefix, label=r["family"],
                         dialog_id=r["dialog_id"]))
-        if r["dialog_id"] not in seen:
-            seen.add(r["dialog_id"])
+        if first:
             out.append(Item("classification", f"{r['dialog_id']}:class", CLASS_QUESTION, r["family"], enc.token_ids,
                             enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"], choices=list(FAMILIES)))
     return out

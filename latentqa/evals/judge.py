@@ -6,9 +6,7 @@ nothing twice; a reply that fails its schema after the retries counts as missing
 
 from __future__ import annotations
 
-import asyncio
-
-from latentqa.llm import LLM
+from latentqa.llm import LLM, run_all
 from latentqa.prompts import judge_messages
 from latentqa.schemas import judge_reply
 
@@ -24,10 +22,4 @@ def judge_rows(llm: LLM, rows: list[dict]) -> list[float | None]:
                                     params)
         return float(result.reply.score) if result.ok else None
 
-    async def all_rows():
-        try:
-            return await asyncio.gather(*(one(r) for r in rows))
-        finally:
-            await llm.close()
-
-    return asyncio.run(all_rows())
+    return run_all(llm, [one(r) for r in rows])

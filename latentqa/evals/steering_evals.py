@@ -19,8 +19,8 @@ import yaml
 
 from latentqa.dialogs import encode, encode_turns
 from latentqa.evals.items import PERSONA_QUESTION
-from latentqa.generate import _left_pad, _per_example_ce, answer, answer_losses
-from latentqa.reading import read_layers, right_pad
+from latentqa.generate import answer, answer_losses, greedy_continuations, left_pad, per_example_ce
+from latentqa.reading import read_spans
 
 POSITIVE = 0.05  # VADER's conventional threshold
 
@@ -30,14 +30,10 @@ def steering_data() -> dict:
     return yaml.safe_load((resources.files("latentqa") / "evals" / "steering.yaml").read_text())
 
 
-@torch.no_grad()
 def replies(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    """The model's greedy replies to user prompts."""
     seqs = [encode_turns(tokenizer, [], [{"role": "user", "content": p}], True).token_ids for p in prompts]
-    ids, mask = _left_pad(seqs, pad_id, next(model.parameters()).device)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out[:, ids.shape[1]:]]
+    return greedy_continuations(model, tokenizer, seqs, max_new_tokens)
 
 
 def sentiment(texts: list[str]) -> dict[str, float]:
@@ -54,13 +50,13 @@ def bias_margin(model, tokenizer, pairs: list[list[str]]) -> float:
     sentences = [s for pair in pairs for s in pair]
     seqs = [[tokenizer.eos_token_id] + encode(tokenizer, s) for s in sentences]  # a start token to condition on
     device = next(model.parameters()).device
-    ids, mask = _left_pad(seqs, tokenizer.eos_token_id, device)
+    ids, mask = left_pad(seqs, tokenizer.eos_token_id, device)
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :1] = -100
     for b, s in enumerate(seqs):
         labels[b, ids.shape[1] - len(s)] = -100  # the start token is context, not scored
     logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
-    nll = _per_example_ce(logits, labels)
+    nll = per_example_ce(logits, labels)
     return float(np.mean([nll[2 * i + 1] - nll[2 * i] for i in range(len(pairs))]))  # -nll(stereo) + nll(anti)
 
 
@@ -70,10 +66,7 @@ def read_prompts(target, tokenizer, layer: int, prompts: list[str], system: str 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prefix = [{"role": "system", "content": system}] if system else []
     encs = [encode_turns(tokenizer, prefix, [*prefix, {"role": "user", "content": p}], True) for p in prompts]
-    ids, mask = right_pad([e.token_ids for e in encs], pad_id)
-    device = next(target.parameters()).device
-    acts = read_layers(target, ids.to(device), mask.to(device), [layer])[layer]
-    return [acts[b, e.n_prefix: len(e.token_ids)].float().cpu().numpy() for b, e in enumerate(encs)]
+    return read_spans(target, encs, layer, pad_id, batch_size=len(encs))
 
 
 def pairs_by_reading(decoder, target, tokenizer, info, persona: str, prompts: list[str], questions: list[str],
