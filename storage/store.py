@@ -103,8 +103,8 @@ class Store:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StoreError(f"another process is writing {partial}; wait for it or stop it") from None
-            for stale in partial.rglob(f"*{TMP}"):  # half-written files of a killed run never count
-                stale.unlink()
+            for stale in sorted(partial.rglob(f"*{TMP}"), reverse=True):  # a killed run's half-written files
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()  # (and dirs: checkpoints) never count
             yield StageDir(self, stage, fp, partial, final)
         lock_path.unlink(missing_ok=True)
 

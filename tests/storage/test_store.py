@@ -47,6 +47,17 @@ def test_tmp_files_never_count(tmp_store):
     assert manifest.files == []
 
 
+def test_half_written_directories_are_removed_on_reopen(tmp_store):
+    """A kill while a checkpoint directory was being written (train's step-N.tmp/) must not block the rerun."""
+    half = tmp_store.root / "train" / ("d" * 12 + ".partial") / "checkpoints" / "step-000003.tmp"
+    half.mkdir(parents=True)
+    (half / "state.json").write_text("{")
+    whole = half.with_name("step-000002")
+    whole.mkdir()
+    with tmp_store.open_stage("train", "d" * 64) as out:
+        assert sorted(p.name for p in (out.dir / "checkpoints").iterdir()) == ["step-000002"]
+
+
 def test_second_writer_is_refused(tmp_store):
     with tmp_store.open_stage("train", "d" * 64):
         with pytest.raises(StoreError, match="another process"):
