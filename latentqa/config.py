@@ -139,7 +139,8 @@ class FilterConfig(Section):
 
 
 class TrainConfig(Section):
-    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"log_every", "checkpoint_every", "grad_checkpointing"})
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset(
+        {"log_every", "checkpoint_every", "grad_checkpointing", "processes"})
     read_layer: int | None = Field(None, description="which extracted layer the decoder reads; none: the first")
     write_layer: int = Field(0, ge=0, description="activations overwrite this decoder block's output")
     norm_match: bool = Field(False, description="rescale each vector to the norm of the residual it replaces")
@@ -162,6 +163,17 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(25, gt=0, description="optimizer steps between resumable checkpoints")
     grad_checkpointing: bool = False
     log_every: int = Field(5, gt=0)
+    processes: int | Literal["auto"] = Field(
+        "auto", description="data-parallel processes (DDP under `accelerate launch`, one per GPU); each step's "
+        "grad_accum batches are shared out, so it must divide grad_accum and never changes the result. auto: one "
+        "per visible GPU, as many as divide grad_accum")
+
+    @model_validator(mode="after")
+    def _processes_share_the_step(self) -> "TrainConfig":
+        if self.processes != "auto" and (self.processes < 1 or self.grad_accum % self.processes):
+            raise ValueError(f"train.processes={self.processes} must be >= 1 and divide train.grad_accum="
+                             f"{self.grad_accum}: every process takes an equal share of each step's batches")
+        return self
 
 
 EvalTask = Literal["gist", "fact", "classification", "hidden_persona", "relational"]

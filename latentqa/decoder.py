@@ -99,10 +99,11 @@ def collate(examples: list[DecoderExample], acts: list[np.ndarray | torch.Tensor
     return Batch(ids.to(device), mask.to(device), positions.to(device), labels.to(device), spec)
 
 
-def batch_loss(decoder, batch: Batch, write_layer: int) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens with the batch's activations patched into block W."""
+def batch_loss(decoder, batch: Batch, write_layer: int, forward=None) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens with the batch's activations patched into block W.
+    `forward`: what to call instead of the decoder itself (its DDP wrapper)."""
     with patched_block(write_block(decoder, write_layer), batch.patch):
-        out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        out = (forward or decoder)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=batch.position_ids, labels=batch.labels)
     return out.loss
 

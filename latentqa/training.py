@@ -3,11 +3,14 @@
 Everything a resumed run needs is returned as tensors plus JSON-able metadata (adapter weights, optimizer
 moments, scheduler position, RNG states, data position), so a checkpoint is a safetensors file, not a pickle.
 The data order of an epoch is a function of (seed, epoch), so the data position is just two integers.
+Under data parallelism (latentqa/distributed.py) each of W processes runs this same loop on every W-th batch of
+a step; rank 0 evaluates, logs and checkpoints (with every rank's RNG state).
 """
 
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,6 +18,7 @@ import torch
 
 from latentqa.config import TrainConfig
 from latentqa.decoder import batch_loss, collate
+from latentqa.distributed import from_last_rank, gather_rng, rank_and_world, set_rng
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 16) -> list[list[int]]:
@@ -45,7 +49,8 @@ class Position:
 
 
 def state_tensors(decoder, optimizer, scheduler, pos: Position) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, meta) that restore training exactly: adapter, AdamW moments, scheduler, RNG, data position."""
+    """(tensors, meta) that restore training exactly: adapter, AdamW moments, scheduler, RNG, data position.
+    Every rank must call it (the RNG states are gathered); rank 0 writes the result."""
     from peft import get_peft_model_state_dict
 
     tensors = {f"adapter.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(decoder).items()}
@@ -53,10 +58,15 @@ def state_tensors(decoder, optimizer, scheduler, pos: Position) -> tuple[dict[st
     for idx, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).contiguous()
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+    device = next(decoder.parameters()).device
+    if rank_and_world()[1] > 1:
+        for rank, state in enumerate(gather_rng(device)):
+            tensors[f"rng.rank.{rank}"] = state
+    else:
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     meta = {"step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "param_groups": opt["param_groups"],
             "scheduler": sched, "curves": pos.curves}
@@ -76,10 +86,14 @@ def load_state(decoder, optimizer, scheduler, tensors: dict[str, torch.Tensor], 
             state.setdefault(int(idx), {})[name] = value if name == "step" else value.to(device)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    rank, _ = rank_and_world()
+    if f"rng.rank.{rank}" in tensors:  # written by as many processes as run now
+        set_rng(tensors[f"rng.rank.{rank}"], device)
+    elif "rng.cpu" in tensors:  # a single-process checkpoint (elsewhere: the seeds' states, still deterministic)
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
     return Position(meta["step"], meta["epoch"], meta["batch"], list(meta["curves"]))
 
 
@@ -104,11 +118,18 @@ def eval_loss(decoder, examples, views, pad_id: int, device, cfg: TrainConfig) -
 
 def fit(decoder, train: tuple[list, list], held_out: tuple[list, list], cfg: TrainConfig, pad_id: int, device,
         resume: tuple[dict, dict] | None = None, on_checkpoint: Callable[[int, dict, dict], None] | None = None,
-        on_step: Callable[[Position], None] | None = None) -> Position:
-    """Train to total_steps; returns the final position (with its curve). Resumes from (tensors, meta)."""
+        on_step: Callable[[Position], None] | None = None, replica=None) -> Position:
+    """Train to total_steps; returns the final position (with its curve). Resumes from (tensors, meta).
+
+    `replica` is the DDP wrapper of `decoder` when several processes train it (rank 0 alone calls on_step and
+    on_checkpoint and its curve is the run's)."""
     examples, views = train
+    rank, world = rank_and_world()
+    if cfg.grad_accum % world:
+        raise ValueError(f"train.grad_accum={cfg.grad_accum} cannot be shared by {world} processes")
+    per_rank, forward = cfg.grad_accum // world, replica or decoder
     optimizer, scheduler = make_optimizer(decoder, cfg)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
     pos = load_state(decoder, optimizer, scheduler, *resume) if resume else Position()
     total, lengths = total_steps(len(examples), cfg), [len(e.input_ids) for e in examples]
     decoder.train()
@@ -116,23 +137,32 @@ def fit(decoder, train: tuple[list, list], held_out: tuple[list, list], cfg: Tra
         batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, pos.epoch)
         optimizer.zero_grad(set_to_none=True)
         while pos.batch + cfg.grad_accum <= len(batches) and pos.step < total:
-            for idx in batches[pos.batch: pos.batch + cfg.grad_accum]:
+            mine = batches[pos.batch + rank: pos.batch + cfg.grad_accum: world]
+            for k, idx in enumerate(mine):
                 batch = collate([examples[i] for i in idx], [views[i] for i in idx], pad_id, device, cfg.norm_match)
-                loss = batch_loss(decoder, batch, cfg.write_layer)
-                (loss / cfg.grad_accum).backward()
+                with _sync_unless(replica, last=k == len(mine) - 1):
+                    loss = batch_loss(decoder, batch, cfg.write_layer, forward)
+                    (loss / per_rank).backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             pos.batch += cfg.grad_accum
             pos.step += 1
-            row = {"step": pos.step, "epoch": pos.epoch, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                   "eval_loss": None}
-            if held_out[0] and (pos.step % cfg.eval_every == 0 or pos.step == total):
+            row = {"step": pos.step, "epoch": pos.epoch, "loss": from_last_rank(loss.item(), device),
+                   "lr": scheduler.get_last_lr()[0], "eval_loss": None}
+            if rank == 0 and held_out[0] and (pos.step % cfg.eval_every == 0 or pos.step == total):
                 row["eval_loss"] = eval_loss(decoder, *held_out, pad_id, device, cfg)
             pos.curves.append(row)
-            if on_step:
+            if on_step and rank == 0:
                 on_step(pos)
             if on_checkpoint and pos.step % cfg.checkpoint_every == 0 and pos.step < total:
-                on_checkpoint(pos.step, *state_tensors(decoder, optimizer, scheduler, pos))
+                state = state_tensors(decoder, optimizer, scheduler, pos)
+                if rank == 0:
+                    on_checkpoint(pos.step, *state)
         pos.epoch, pos.batch = pos.epoch + 1, 0
     return pos
+
+
+def _sync_unless(replica, last: bool):
+    """DDP averages gradients on the last backward of a step only (no_sync on the others)."""
+    return replica.no_sync() if replica is not None and not last else nullcontext()
