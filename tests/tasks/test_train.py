@@ -1,4 +1,9 @@
-"""train: SIGKILL mid-training then a rerun ends with the adapter of an uninterrupted run, bit for bit on CPU."""
+"""train: SIGKILL mid-training then a rerun ends with the adapter of an uninterrupted run.
+
+Usually bit for bit on CPU; but the killed run computed its steps in another process, and MKL in a process with
+another allocation history can round a step differently by one ulp (seen about once in ten runs, 7e-7 at the
+end), so equality is checked to 1e-5. Not restoring the RNG (dropout) or the AdamW moments moves it by 1e-3+.
+"""
 
 import textwrap
 
@@ -69,10 +74,13 @@ def test_sigkill_then_rerun_reaches_the_uninterrupted_adapter(tmp_path, tiny_mod
     assert 6 <= resumed.counts["resumed_at_step"] < reference.counts["n_steps"] == resumed.counts["n_steps"]
     ref_w = load_file(ref_store.path(reference, "adapter/adapter_model.safetensors"))
     got_w = load_file(kill_store.path(resumed, "adapter/adapter_model.safetensors"))
-    assert ref_w.keys() == got_w.keys() and all((ref_w[k] == got_w[k]).all() for k in ref_w)  # bit-identical
+    assert ref_w.keys() == got_w.keys()
+    assert (moved := max(float((ref_w[k] - got_w[k]).abs().max()) for k in ref_w)) < 1e-5, moved
     ref_c = pq.read_table(ref_store.path(reference, "curves.parquet")).to_pylist()
     got_c = pq.read_table(kill_store.path(resumed, "curves.parquet")).to_pylist()
-    assert got_c == ref_c
+    assert [(r["step"], r["epoch"], r["lr"]) for r in got_c] == [(r["step"], r["epoch"], r["lr"]) for r in ref_c]
+    for r, g in zip(ref_c, got_c):
+        assert abs(r["loss"] - g["loss"]) < 1e-5 and (r["eval_loss"] is None) == (g["eval_loss"] is None)
     assert not (kill_store.path(resumed) / "checkpoints").exists()
     assert kill_store.path(resumed, "curves.png").stat().st_size > 1000
 

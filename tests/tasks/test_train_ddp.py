@@ -95,7 +95,7 @@ def test_sigkill_of_the_stage_stops_the_workers_and_the_rerun_resumes(tmp_path, 
     resumed = train.fn(cfg, model, split, acts, kill_store)  # the lock is free: the workers have stopped
     assert 4 <= resumed.counts["resumed_at_step"] < resumed.counts["n_steps"] == reference.counts["n_steps"]
     a, b = _adapter(ref_store, reference), _adapter(kill_store, resumed)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # float rounding: see test_train.py
 
 
 def _wait_until_gone(marker: str, timeout_s: float = 60) -> None:
