@@ -20,12 +20,12 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env() -> torch.device | None:
+def init_from_env(use_cuda: bool = True) -> torch.device | None:
     """Join the group the launcher describes (WORLD_SIZE, RANK, MASTER_ADDR/PORT); the process's device, or
     None when not launched as one of several."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    if torch.cuda.is_available():
+    if use_cuda and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)

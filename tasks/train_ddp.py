@@ -23,7 +23,8 @@ from tasks.train import fit_decoder
 
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
-    device = init_from_env()
+    model = ModelConfig.model_validate(job["model"])
+    device = init_from_env(use_cuda=model.device not in ("cpu", "mps"))
     if device is None:
         raise SystemExit("tasks.train_ddp runs under `accelerate launch --num_processes N` (N > 1)")
     try:
@@ -31,8 +32,8 @@ def main(job_path: str) -> None:
         split, acts = store.finished("filter", job["split"]), store.finished("extract", job["acts"])
         if split is None or acts is None:
             raise SystemExit(f"train worker: the filter or extract directory named in {job_path} is not finished")
-        result = fit_decoder(TrainConfig.model_validate(job["cfg"]), ModelConfig.model_validate(job["model"]),
-                             split, acts, store, Path(job["out_dir"]), device=device, stop_if_gone=job["parent"])
+        result = fit_decoder(TrainConfig.model_validate(job["cfg"]), model, split, acts, store, Path(job["out_dir"]),
+                             device=device, stop_if_gone=job["parent"])
         if rank_and_world()[0] == 0:
             write_json_atomic(Path(job["out_dir"]) / "ddp-result.json", result)
     finally:
