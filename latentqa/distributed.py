@@ -54,14 +54,11 @@ def from_last_rank(value: float, device: torch.device) -> float:
 
 
 def gather_rng(device: torch.device) -> list[torch.Tensor]:
-    """Every rank's RNG state (CPU, then its CUDA device's), in rank order; [own] when alone."""
+    """Every rank's RNG state (CPU, then its CUDA device's), in rank order. Collective: every rank calls it."""
     state = torch.get_rng_state()
     if device.type == "cuda":
         state = torch.cat([state, torch.cuda.get_rng_state(device)])
-    _, world = rank_and_world()
-    if world == 1:
-        return [state]
-    out: list = [None] * world
+    out: list = [None] * rank_and_world()[1]
     dist.all_gather_object(out, state)
     return out
 

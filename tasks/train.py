@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,20 @@ from tasks._common import (Progress, activation_reader, fail_if_asked, load_exam
 STAGE, VERSION = "train", 2
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What fit_decoder hands the stage; from DDP workers it travels as <fp12>.partial/ddp-result.json."""
+    steps: int
+    curves: list[dict[str, Any]]
+    start_step: int
+    elapsed: float
+    n_examples: int
+    n_eval_examples: int
+    layer: int
+    placeholder_id: int
+    device: str
+
+
 def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[p["cfg"], p["model"]],
                        inputs=[p["split"].fingerprint, p["acts"].fingerprint])
@@ -58,17 +73,16 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
         else:
             result = fit_decoder(cfg, model, split, acts, store, out.dir)
         shutil.rmtree(out.dir / "checkpoints", ignore_errors=True)  # resume state, not a result
-        final = Position(result["steps"], curves=result["curves"])
-        DecoderInfo(base_model=model.name, read_layer=result["layer"], write_layer=cfg.write_layer,
-                    placeholder=cfg.placeholder, placeholder_id=result["placeholder_id"],
+        DecoderInfo(base_model=model.name, read_layer=result.layer, write_layer=cfg.write_layer,
+                    placeholder=cfg.placeholder, placeholder_id=result.placeholder_id,
                     variant=acts.summary["variant"], norm_match=cfg.norm_match).save(out.file("decoder.json"))
-        n_curves = write_table(out.file("curves.parquet"), final.curves, CURVES)
-        plot_curves(final.curves, out.file("curves.png"))
-        summary = _summary(final, cfg, result["start_step"], result["elapsed"])
+        n_curves = write_table(out.file("curves.parquet"), result.curves, CURVES)
+        plot_curves(result.curves, out.file("curves.png"))
+        summary = _summary(result, cfg)
         manifest = out.commit(version=VERSION, inputs=[split, acts], rows={"curves.parquet": n_curves},
-                              counts={"n_examples": result["n_examples"], "n_eval_examples": result["n_eval_examples"],
-                                      "n_steps": final.step, "resumed_at_step": result["start_step"]},
-                              summary={**summary, "device": result["device"], "processes": processes},
+                              counts={"n_examples": result.n_examples, "n_eval_examples": result.n_eval_examples,
+                                      "n_steps": result.steps, "resumed_at_step": result.start_step},
+                              summary={**summary, "device": result.device, "processes": processes},
                               config={"train": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")},
                               **provenance())
     publish(manifest, store, figures=summary)
@@ -77,7 +91,7 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
 
 
 def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest, store: Store, out_dir: Path,
-                device: torch.device | None = None, stop_if_gone: int | None = None) -> dict[str, Any]:
+                device: torch.device | None = None, stop_if_gone: int | None = None) -> FitResult:
     """Load the target and the examples, wrap it in LoRA, fit (resuming from out_dir/checkpoints), save the
     adapter to out_dir/adapter. Runs in the stage's process, or in each DDP worker (`device` set, after the
     process group is up; rank 0 writes). `stop_if_gone`: a pid whose exit stops the run (a killed stage must
@@ -120,14 +134,14 @@ def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Man
                 on_step=on_step, replica=replica)
     if rank == 0:
         decoder.save_pretrained(out_dir / "adapter")
-    return {"steps": final.step, "curves": final.curves, "start_step": start_step,
-            "elapsed": time.monotonic() - started, "n_examples": len(train_set[0]),
-            "n_eval_examples": len(eval_set[0]), "layer": layer, "placeholder_id": ph_id,
-            "device": str(loaded.device) if world == 1 else f"{world} x {loaded.device.type}"}
+    return FitResult(steps=final.step, curves=final.curves, start_step=start_step,
+                     elapsed=time.monotonic() - started, n_examples=len(train_set[0]),
+                     n_eval_examples=len(eval_set[0]), layer=layer, placeholder_id=ph_id,
+                     device=str(loaded.device) if world == 1 else f"{world} x {loaded.device.type}")
 
 
 def _fit_in_processes(processes: int, cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
-                      store: Store, out_dir: Path) -> dict[str, Any]:
+                      store: Store, out_dir: Path) -> FitResult:
     """fit_decoder in `processes` DDP workers started with `accelerate launch` (tasks/train_ddp.py)."""
     latest_checkpoint(out_dir / "checkpoints")  # clears half-written checkpoints before the workers read them
     job, result = out_dir / "ddp-job.json", out_dir / "ddp-result.json"
@@ -142,7 +156,7 @@ def _fit_in_processes(processes: int, cfg: TrainConfig, model: ModelConfig, spli
         raise RuntimeError(f"train: the {processes} DDP workers failed (exit {done.returncode}); their output is "
                            f"above, checkpoints stay in {out_dir / 'checkpoints'} for the rerun")
     job.unlink()
-    out = json.loads(result.read_text())
+    out = FitResult(**json.loads(result.read_text()))
     result.unlink()
     return out
 
@@ -164,9 +178,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _summary(final: Position, cfg: TrainConfig, start_step: int, elapsed: float) -> dict[str, Any]:
-    evals = [c["eval_loss"] for c in final.curves if c["eval_loss"] is not None]
-    steps_now = final.step - start_step
-    return {"first_loss": final.curves[0]["loss"], "final_loss": final.curves[-1]["loss"], "steps": final.step,
+def _summary(result: FitResult, cfg: TrainConfig) -> dict[str, Any]:
+    evals = [c["eval_loss"] for c in result.curves if c["eval_loss"] is not None]
+    steps_now = result.steps - result.start_step
+    return {"first_loss": result.curves[0]["loss"], "final_loss": result.curves[-1]["loss"], "steps": result.steps,
             "final_eval_loss": evals[-1] if evals else None,
-            "examples_per_s": round(steps_now * cfg.batch_size * cfg.grad_accum / elapsed, 3) if steps_now else None}
+            "examples_per_s": round(steps_now * cfg.batch_size * cfg.grad_accum / result.elapsed, 3)
+            if steps_now else None}

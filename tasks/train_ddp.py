@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch.distributed as dist
@@ -35,7 +36,7 @@ def main(job_path: str) -> None:
         result = fit_decoder(TrainConfig.model_validate(job["cfg"]), model, split, acts, store, Path(job["out_dir"]),
                              device=device, stop_if_gone=job["parent"])
         if rank_and_world()[0] == 0:
-            write_json_atomic(Path(job["out_dir"]) / "ddp-result.json", result)
+            write_json_atomic(Path(job["out_dir"]) / "ddp-result.json", asdict(result))
     finally:
         dist.destroy_process_group()
 
