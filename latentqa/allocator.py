@@ -1,10 +1,13 @@
 """Keep freed tensor memory inside the process on CPU (glibc malloc).
 
 glibc serves large allocations with fresh mmap'd pages and hands freed heap memory back to the OS, so every
-batch of a CPU forward re-faults its activation buffers: on the default model about 290k minor page faults per
-200 dialogs, 5-10% of the extract stage and more on the first pass. Raising the mmap and trim thresholds
+batch of a CPU forward re-faults its activation buffers: on the default model 0.6-1.2 million minor page
+faults per 200 dialogs (layer 15, batch_tokens 2048), none with these settings, and the forward 7-25% faster
+depending on how expensive the host makes a fault (bench/extract.py). Raising the mmap and trim thresholds
 makes freed buffers reusable; the price is that the process keeps its peak heap until it exits, which a stage
-worker does anyway. Nothing to do on CUDA (the caching allocator already does this) or off glibc.
+worker does anyway. Buffers over 32 MiB (glibc's ceiling for the threshold) are still mapped afresh; the
+largest of a 2048-token batch of the default model is 12 MiB. Nothing to do on CUDA (the caching allocator
+already does this) or off glibc. Applied in load_model on CPU, so it covers every stage that runs the model.
 """
 
 from __future__ import annotations
