@@ -96,7 +96,7 @@ class SynthesizeConfig(Section):
 
 class ExtractConfig(Section):
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset(
-        {"batch_tokens", "part_tokens", "runner", "dask_address", "dask_workers"})
+        {"batch_tokens", "cpu_parallel", "part_tokens", "runner", "dask_address", "dask_workers"})
     variant: Variant = "stimulus_completion"
     read_layers: list[int] = Field([15], min_length=1, description="read the output of these blocks "
                                    "(block L's output is hidden_states[L+1])")
@@ -104,6 +104,10 @@ class ExtractConfig(Section):
     act_dtype: Literal["float32", "float16"] = "float32"
     batch_tokens: int = Field(2048, gt=0, description="padded tokens per forward; halved on out-of-memory. "
                               "2048 is fastest on CPU (bench/extract.py); on a GPU raise it")
+    cpu_parallel: Literal["batches", "ops"] = Field("batches", description="on CPU, batches: one batch per core, "
+                                                    "each on one thread (no per-op barriers; faster on shared "
+                                                    "VMs, latentqa/cores.py); ops: one batch at a time, every op "
+                                                    "split across the cores")
     part_tokens: int = Field(262_144, gt=0, description="kept tokens per Parquet part (bounds a part's size)")
     runner: Literal["local", "dask"] = Field("local", description="local: parts run in this process; dask: on a "
                                              "Dask cluster through prefect-dask")

@@ -5,6 +5,7 @@ Blocks after the deepest layer read are never run: a hook raises once it has wha
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -24,9 +25,14 @@ def block_hidden(output) -> torch.Tensor:
 
 @contextmanager
 def _capture(blocks: nn.ModuleList, layers: list[int], out: dict[int, torch.Tensor], stop_after: int | None):
+    # hooks belong to the module, not the call: a forward of the same model on another thread (CPU extraction
+    # runs batches on one thread per core) must pass through them untouched
+    caller = threading.get_ident()
     handles = []
     for layer in layers:
         def hook(_module, _inputs, output, layer=layer):
+            if threading.get_ident() != caller:
+                return
             out[layer] = block_hidden(output)
             if stop_after is not None and layer == stop_after:
                 raise _StopForward

@@ -23,6 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from latentqa.config import ExtractConfig, ModelConfig
+from latentqa.cores import map_per_core
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_tokenizer, pick_device, pick_dtype, shared_model
 from latentqa.reading import length_batches, read_layers, right_pad
@@ -82,12 +83,19 @@ def _write_plan(out, parts: list[list[dict]]) -> None:
     write_json_atomic(path, plan)
 
 
-def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: int) -> dict[int, dict[str, Any]]:
-    """{layer: {dialog_id: acts [n_kept, d]}}; on CUDA out-of-memory the batch budget is halved and retried."""
+def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: int,
+                 per_core: bool = True) -> dict[int, dict[str, Any]]:
+    """{layer: {dialog_id: acts [n_kept, d]}}. On CPU with `per_core`, one batch per core at a time (see
+    latentqa/cores.py); on CUDA out-of-memory the batch budget is halved and retried."""
     by_id = {d["dialog_id"]: d for d in dialogs}
     lengths = {i: len(d["token_ids"]) for i, d in by_id.items()}
     out: dict[int, dict[str, Any]] = {l: {} for l in layers}
     pending = length_batches(lengths, batch_tokens)
+    if loaded.device.type == "cpu" and per_core:
+        for acts in map_per_core(lambda batch: _forward(loaded, [by_id[i] for i in batch], layers), pending):
+            for layer in layers:
+                out[layer].update(acts[layer])
+        return out
     while pending:
         batch = pending.pop(0)
         try:
@@ -121,7 +129,7 @@ def extract_part(cfg: ExtractConfig, model: ModelConfig, partial_dir: str, k: in
         return {"part": k, "n_tokens": n_tokens, "seconds": 0.0, "computed": False}
     started = time.monotonic()
     loaded = shared_model(model.name, model.revision, model.dtype, worker_device(model.device))
-    acts = read_batches(loaded, dialogs, cfg.read_layers, cfg.batch_tokens)
+    acts = read_batches(loaded, dialogs, cfg.read_layers, cfg.batch_tokens, cfg.cpu_parallel == "batches")
     d_model = loaded.model.config.hidden_size
     tables = [activation_rows([d["dialog_id"] for d in dialogs], [d["label"] for d in dialogs], layer,
                               [d["token_ids"] for d in dialogs], [d["n_prefix"] for d in dialogs],
