@@ -1,20 +1,23 @@
 """Benchmark: the extract stage's reading path against a plain baseline, in one run on the same dialogs.
 
-stage     dialogs batched by length (right padding), forward stopped after the read layer, no grad,
-          rows written once per part as fixed-size-list Parquet
+stage     the extract stage's reading path: dialogs batched by length (right padding), forward stopped after
+          the read layer, no grad, on CPU one batch per core; rows written as one fixed-size-list Parquet part
 baseline  one dialog at a time, full forward with output_hidden_states=True, the layer written with pandas
           (a DataFrame of per-token lists, one Parquet file per dialog)
 bound     2 x parameters of the blocks up to L x tokens / the machine's measured float32 matmul rate
 
-The stage and the baseline run `--repeats` times, interleaved, and the best time of each counts (as does the
-best of the matmul measurements, which makes the bound the strictest): a 2-core VM's neighbours move single
-timings by 10-20%. Prints the figures and, last, `speedup: X.XX  of-bound: 0.XX`. `--quick` runs in well under
-a minute.
+A shared 2-core VM's speed drifts by up to 2x over minutes (the square-matmul rate alone measured 130-250
+GFLOP/s in one afternoon), so ratios are taken within a repeat, never across: each of `--repeats` repeats times
+square matmuls of half the bound's FLOPs, the stage, the other half, then the baseline. The matmul windows
+bracket the stage and together last as long as the bound, so the stage and its bound see the same machine.
+The last line, `speedup: X.XX  of-bound: 0.XX`, is the median over repeats of the per-repeat ratios; the
+line above it lists them all. `--quick` (48 dialogs, one repeat) runs in under a minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +27,8 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks, load_model
-from latentqa.reading import length_batches, read_layers, right_pad
 from storage.parquet import activation_rows, write_table
+from tasks.extract import read_batches
 
 TOPICS = ["the weather", "a new recipe", "my commute", "a job interview", "learning piano", "a trip to Rome",
           "saving money", "a broken bike", "my garden", "a birthday party", "a chess match", "moving house"]
@@ -48,27 +51,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
-    """The machine's measured dense matmul rate in this dtype (the compute bound's denominator)."""
+def matmul_flops(device: torch.device, dtype: torch.dtype, total_flops: float, n: int = 2048) -> float:
+    """The machine's measured dense matmul rate in this dtype (the compute bound's denominator), timed over
+    about `total_flops` of square matmuls."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     _sync(device)
-    start, reps = time.perf_counter(), 20 if device.type == "cpu" else 200
+    start, reps = time.perf_counter(), max(3, round(total_flops / (2 * n**3)))
     for _ in range(reps):
         a @ b
     _sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def run_stage(loaded, encoded, ids, layer, out_dir: Path, batch_tokens: int) -> float:
+def run_stage(loaded, encoded, ids, layer, out_dir: Path, batch_tokens: int, per_core: bool = True) -> float:
+    """The stage's own reading path (tasks.extract.read_batches) and its part writer."""
     start = time.perf_counter()
-    acts = {}
-    for batch in length_batches({i: len(encoded[i].token_ids) for i in ids}, batch_tokens):
-        ids_bt, mask_bt = right_pad([encoded[i].token_ids for i in batch], 0)
-        out = read_layers(loaded.model, ids_bt.to(loaded.device), mask_bt.to(loaded.device), [layer])[layer]
-        for b, i in enumerate(batch):
-            acts[i] = out[b, encoded[i].n_prefix: len(encoded[i].token_ids)].float().cpu().numpy()
+    dialogs = [{"dialog_id": i, "token_ids": encoded[i].token_ids, "n_prefix": encoded[i].n_prefix} for i in ids]
+    acts = read_batches(loaded, dialogs, [layer], batch_tokens, per_core)[layer]
     d = loaded.model.config.hidden_size
     table = activation_rows(ids, ids, layer, [encoded[i].token_ids for i in ids], [encoded[i].n_prefix for i in ids],
                             [acts[i] for i in ids], "float32", d)
@@ -101,6 +102,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-tokens", type=int, default=2048)
+    parser.add_argument("--cpu-parallel", choices=["batches", "ops"], default="batches",
+                        help="the stage's extract.cpu_parallel")
     args = parser.parse_args()
     n, repeats = (48, 1) if args.quick else (args.dialogs, args.repeats)
     torch.set_grad_enabled(False)
@@ -109,25 +112,32 @@ def main() -> None:
     encoded = {d["dialog_id"]: encode_dialog(loaded.tokenizer, d, "stimulus_completion") for d in dialogs}
     ids = sorted(encoded)
     n_tokens = sum(len(e.token_ids) for e in encoded.values())
+    blocks = find_blocks(loaded.model)[: args.layer + 1]
+    params = sum(p.numel() for b in blocks for p in b.parameters())
+    bound_flops = 2 * params * n_tokens
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "a").mkdir(), (Path(tmp) / "b").mkdir()
         run_stage(loaded, encoded, ids[:8], args.layer, Path(tmp) / "a", args.batch_tokens)  # warm-up
-        stage_times, base_times, rates = [], [], []
+        stage_times, base_times, bound_times = [], [], []
         for _ in range(repeats):
-            stage_times.append(run_stage(loaded, encoded, ids, args.layer, Path(tmp) / "a", args.batch_tokens))
+            before = bound_flops / 2 / matmul_flops(loaded.device, loaded.dtype, bound_flops / 2)
+            stage_times.append(run_stage(loaded, encoded, ids, args.layer, Path(tmp) / "a", args.batch_tokens,
+                                         args.cpu_parallel == "batches"))
+            after = bound_flops / 2 / matmul_flops(loaded.device, loaded.dtype, bound_flops / 2)
+            bound_times.append(before + after)
             base_times.append(run_baseline(loaded, encoded, ids, args.layer, Path(tmp) / "b"))
-            rates.append(matmul_flops(loaded.device, loaded.dtype))
-    t_stage, t_base, flops = min(stage_times), min(base_times), max(rates)
-    blocks = find_blocks(loaded.model)[: args.layer + 1]
-    params = sum(p.numel() for b in blocks for p in b.parameters())
-    t_bound = 2 * params * n_tokens / flops
+    speedups = [b / s for b, s in zip(base_times, stage_times)]
+    of_bound = [b / s for b, s in zip(bound_times, stage_times)]
     print(f"dialogs {n}  tokens {n_tokens}  layer {args.layer}  params up to L {params / 1e6:.1f}M  "
-          f"threads {torch.get_num_threads()}")
-    runs = lambda ts: "  runs " + " ".join(f"{t:.2f}" for t in ts) if len(ts) > 1 else ""
-    print(f"stage     {t_stage:7.2f} s  {n_tokens / t_stage:8.0f} tok/s{runs(stage_times)}")
-    print(f"baseline  {t_base:7.2f} s  {n_tokens / t_base:8.0f} tok/s{runs(base_times)}")
-    print(f"bound     {t_bound:7.2f} s  {n_tokens / t_bound:8.0f} tok/s  (matmul {flops / 1e9:.1f} GFLOP/s)")
-    print(f"speedup: {t_base / t_stage:.2f}  of-bound: {t_bound / t_stage:.2f}")
+          f"threads {torch.get_num_threads()}  repeats {repeats}")
+    for name, times in (("stage", stage_times), ("baseline", base_times), ("bound", bound_times)):
+        best = min(times)
+        print(f"{name:9s} {best:7.2f} s  {n_tokens / best:8.0f} tok/s  (best; runs "
+              f"{' '.join(f'{t:.2f}' for t in times)})")
+    print(f"matmul    {bound_flops / min(bound_times) / 1e9:.0f} GFLOP/s at best")
+    print("per repeat  speedup " + " ".join(f"{x:.2f}" for x in speedups)
+          + "  of-bound " + " ".join(f"{x:.2f}" for x in of_bound))
+    print(f"speedup: {statistics.median(speedups):.2f}  of-bound: {statistics.median(of_bound):.2f}")
 
 
 if __name__ == "__main__":
