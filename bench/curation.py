@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CHILD = """
+CHILD = r"""
 import sys
 from latentqa.config import FilterConfig
 from storage.store import Store
