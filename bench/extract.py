@@ -51,18 +51,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype, total_flops: float, n: int = 2048) -> float:
-    """The machine's measured dense matmul rate in this dtype (the compute bound's denominator), timed over
-    about `total_flops` of square matmuls."""
+def matmul_seconds(device: torch.device, dtype: torch.dtype, flops: float, n: int = 2048) -> float:
+    """Seconds this machine takes for `flops` of dense square matmuls in this dtype (measured, not modelled)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     _sync(device)
-    start, reps = time.perf_counter(), max(3, round(total_flops / (2 * n**3)))
+    start, reps = time.perf_counter(), max(3, round(flops / (2 * n**3)))
     for _ in range(reps):
         a @ b
     _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+    return (time.perf_counter() - start) * flops / (2 * n**3 * reps)
 
 
 def run_stage(loaded, encoded, ids, layer, out_dir: Path, batch_tokens: int, per_core: bool = True) -> float:
@@ -120,11 +119,10 @@ def main() -> None:
         run_stage(loaded, encoded, ids[:8], args.layer, Path(tmp) / "a", args.batch_tokens)  # warm-up
         stage_times, base_times, bound_times = [], [], []
         for _ in range(repeats):
-            before = bound_flops / 2 / matmul_flops(loaded.device, loaded.dtype, bound_flops / 2)
+            before = matmul_seconds(loaded.device, loaded.dtype, bound_flops / 2)
             stage_times.append(run_stage(loaded, encoded, ids, args.layer, Path(tmp) / "a", args.batch_tokens,
                                          args.cpu_parallel == "batches"))
-            after = bound_flops / 2 / matmul_flops(loaded.device, loaded.dtype, bound_flops / 2)
-            bound_times.append(before + after)
+            bound_times.append(before + matmul_seconds(loaded.device, loaded.dtype, bound_flops / 2))
             base_times.append(run_baseline(loaded, encoded, ids, args.layer, Path(tmp) / "b"))
     speedups = [b / s for b, s in zip(base_times, stage_times)]
     of_bound = [b / s for b, s in zip(bound_times, stage_times)]

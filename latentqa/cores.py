@@ -29,9 +29,8 @@ def map_per_core(fn: Callable[[T], R], items: Sequence[T], cores: int | None = N
     if cores <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        # new threads read the process-wide count when they first run an op; the initializer makes it certain
+        # torch.set_num_threads is process-wide; each worker sets it as it starts, before its first op
         with ThreadPoolExecutor(cores, thread_name_prefix="forward",
                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
             return list(pool.map(fn, items))

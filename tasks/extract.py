@@ -86,20 +86,31 @@ def _write_plan(out, parts: list[list[dict]]) -> None:
 def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: int,
                  per_core: bool = True) -> dict[int, dict[str, Any]]:
     """{layer: {dialog_id: acts [n_kept, d]}}. On CPU with `per_core`, one batch per core at a time (see
-    latentqa/cores.py); on CUDA out-of-memory the batch budget is halved and retried."""
+    latentqa/cores.py); otherwise one after another."""
     by_id = {d["dialog_id"]: d for d in dialogs}
     lengths = {i: len(d["token_ids"]) for i, d in by_id.items()}
-    out: dict[int, dict[str, Any]] = {l: {} for l in layers}
-    pending = length_batches(lengths, batch_tokens)
+    batches = length_batches(lengths, batch_tokens)
+
+    def forward(batch: list[str]) -> dict[int, dict[str, Any]]:
+        return _forward(loaded, [by_id[i] for i in batch], layers)
+
     if loaded.device.type == "cpu" and per_core:
-        for acts in map_per_core(lambda batch: _forward(loaded, [by_id[i] for i in batch], layers), pending):
-            for layer in layers:
-                out[layer].update(acts[layer])
-        return out
+        results = map_per_core(forward, batches)
+    else:
+        results = _one_at_a_time(forward, batches, lengths, batch_tokens)
+    out: dict[int, dict[str, Any]] = {l: {} for l in layers}
+    for acts in results:
+        for layer in layers:
+            out[layer].update(acts[layer])
+    return out
+
+
+def _one_at_a_time(forward, pending: list[list[str]], lengths: dict[str, int], batch_tokens: int):
+    """forward(batch) for each batch in turn; on CUDA out-of-memory the budget is halved and the rest re-batched."""
     while pending:
         batch = pending.pop(0)
         try:
-            acts = _forward(loaded, [by_id[i] for i in batch], layers)
+            acts = forward(batch)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -108,9 +119,7 @@ def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: i
             logger().warning("extract: out of memory; batch_tokens halved to %d", batch_tokens)
             pending = length_batches({i: lengths[i] for b in [batch, *pending] for i in b}, batch_tokens)
             continue
-        for layer in layers:
-            out[layer].update(acts[layer])
-    return out
+        yield acts
 
 
 def _forward(loaded, batch: list[dict], layers: list[int]) -> dict[int, dict[str, Any]]:
