@@ -27,8 +27,7 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks, load_model
-from storage.parquet import activation_rows, write_table
-from tasks.extract import read_batches
+from tasks.extract import read_batches, write_part
 
 TOPICS = ["the weather", "a new recipe", "my commute", "a job interview", "learning piano", "a trip to Rome",
           "saving money", "a broken bike", "my garden", "a birthday party", "a chess match", "moving house"]
@@ -65,14 +64,12 @@ def matmul_seconds(device: torch.device, dtype: torch.dtype, flops: float, n: in
 
 
 def run_stage(loaded, encoded, ids, layer, out_dir: Path, batch_tokens: int, per_core: bool = True) -> float:
-    """The stage's own reading path (tasks.extract.read_batches) and its part writer."""
+    """The stage's own reading path and part writer (tasks.extract.read_batches, write_part)."""
     start = time.perf_counter()
-    dialogs = [{"dialog_id": i, "token_ids": encoded[i].token_ids, "n_prefix": encoded[i].n_prefix} for i in ids]
-    acts = read_batches(loaded, dialogs, [layer], batch_tokens, per_core)[layer]
-    d = loaded.model.config.hidden_size
-    table = activation_rows(ids, ids, layer, [encoded[i].token_ids for i in ids], [encoded[i].n_prefix for i in ids],
-                            [acts[i] for i in ids], "float32", d)
-    write_table(out_dir / "part-00000.parquet", table, table.schema)
+    dialogs = [{"dialog_id": i, "label": i, "token_ids": encoded[i].token_ids, "n_prefix": encoded[i].n_prefix}
+               for i in ids]
+    acts = read_batches(loaded, dialogs, [layer], batch_tokens, per_core)
+    write_part(out_dir / "part-00000.parquet", dialogs, acts, "float32", loaded.model.config.hidden_size)
     _sync(loaded.device)
     return time.perf_counter() - start
 

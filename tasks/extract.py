@@ -129,6 +129,16 @@ def _forward(loaded, batch: list[dict], layers: list[int]) -> dict[int, dict[str
                     for b, d in enumerate(batch)} for layer in layers}
 
 
+def write_part(path: Path, dialogs: list[dict], acts: dict[int, dict[str, Any]], act_dtype: str, d_model: int) -> None:
+    """One Parquet part: a row per dialog and layer read, layer after layer (acts as read_batches returns them)."""
+    table = pa.concat_tables([
+        activation_rows([d["dialog_id"] for d in dialogs], [d["label"] for d in dialogs], layer,
+                        [d["token_ids"] for d in dialogs], [d["n_prefix"] for d in dialogs],
+                        [by_id[d["dialog_id"]] for d in dialogs], act_dtype, d_model)
+        for layer, by_id in acts.items()])
+    write_table(path, table, table.schema)
+
+
 @task(name="extract-part", cache_policy=NO_CACHE, persist_result=False)
 def extract_part(cfg: ExtractConfig, model: ModelConfig, partial_dir: str, k: int, dialogs: list[dict]) -> dict:
     """Write part k (all read layers of its dialogs) into the open stage directory, unless already there."""
@@ -139,13 +149,7 @@ def extract_part(cfg: ExtractConfig, model: ModelConfig, partial_dir: str, k: in
     started = time.monotonic()
     loaded = shared_model(model.name, model.revision, model.dtype, worker_device(model.device))
     acts = read_batches(loaded, dialogs, cfg.read_layers, cfg.batch_tokens, cfg.cpu_parallel == "batches")
-    d_model = loaded.model.config.hidden_size
-    tables = [activation_rows([d["dialog_id"] for d in dialogs], [d["label"] for d in dialogs], layer,
-                              [d["token_ids"] for d in dialogs], [d["n_prefix"] for d in dialogs],
-                              [acts[layer][d["dialog_id"]] for d in dialogs], cfg.act_dtype, d_model)
-              for layer in cfg.read_layers]
-    table = pa.concat_tables(tables)
-    write_table(path, table, table.schema)
+    write_part(path, dialogs, acts, cfg.act_dtype, loaded.model.config.hidden_size)
     return {"part": k, "n_tokens": n_tokens, "seconds": time.monotonic() - started, "computed": True, "pid": os.getpid(),
             "peak_cuda_mb": torch.cuda.max_memory_allocated() // 2**20 if torch.cuda.is_available() else 0}
 
