@@ -1,4 +1,5 @@
-"""regenerate-dataset: catalog -> synthesize -> extract -> filter, recorded as a version of the config's dataset.
+"""regenerate-dataset: catalog -> synthesize -> extract -> filter, recorded as a version of the config's dataset
+(import -> extract -> filter when the config has a `release` section: the LatentQA release's own data).
 
 Unchanged inputs are all cache hits (seconds). `regenerate=True` draws a fresh synthesis seed, so the LLM is
 asked again and a new version is written beside the old one; `latest` moves to it only once it is complete.
@@ -21,6 +22,7 @@ from tasks.catalog import load_catalog
 from tasks.dataset import record_dataset
 from tasks.extract import extract
 from tasks.filter import filter_qa
+from tasks.import_release import import_release
 from tasks.synthesize import synthesize
 
 
@@ -31,12 +33,23 @@ def fresh_generation(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={"synthesize": cfg.synthesize.model_copy(update={"seed": seed})})
 
 
+def dialogs_and_qa(cfg: RunConfig, store: Store, regenerate: bool) -> tuple[Manifest, Manifest]:
+    """(controls, dialogs and QA): synthesized from the catalog, or imported from the LatentQA release."""
+    if cfg.release is not None:
+        if regenerate:
+            raise ValueError("regenerate=true asks the LLM for new data, but this dataset is imported from the "
+                             "LatentQA release (config section `release`): there is nothing to regenerate")
+        imported = import_release(cfg.release, store)
+        return imported, imported
+    controls = load_catalog(cfg.catalog, store, cfg.endpoint)
+    return controls, synthesize(cfg.synthesize, cfg.endpoint, controls, store)
+
+
 def build_dataset(cfg: RunConfig, store: Store, regenerate: bool = False) -> dict[str, Manifest]:
-    """The dataset chain under the dataset's writer lock; returns the stage manifests by stage."""
+    """The dataset chain under the dataset's writer lock; returns the stage manifests by role."""
     with writer(store, cfg.name, on_wait=logger().info):
-        cfg = fresh_generation(cfg) if regenerate else cfg
-        controls = load_catalog(cfg.catalog, store, cfg.endpoint)
-        synth = synthesize(cfg.synthesize, cfg.endpoint, controls, store)
+        cfg = fresh_generation(cfg) if regenerate and cfg.release is None else cfg
+        controls, synth = dialogs_and_qa(cfg, store, regenerate)
         acts = extract(cfg.extract, cfg.model, synth, store)
         split = filter_qa(cfg.filter, synth, acts, store)
         record_dataset(controls, synth, acts, split, store, note={"synthesize_seed": cfg.synthesize.seed})

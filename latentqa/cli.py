@@ -109,13 +109,15 @@ def print_summary(root: Path, final) -> None:
     for row in sorted(lineage(store, final.fingerprint), key=lambda r: str(r["created_at"])):
         manifest = store.finished(row["stage"], row["fingerprint"])
         print(f"  {row['stage']:<11} {row['fingerprint'][:12]}  {store.root / row['dir']}  {manifest.elapsed_s:.1f}s")
-    print(f"\nReading evaluation ({store.root / final.dir / 'report.md'}): primary score per condition")
+    print(f"\nReading evaluation ({store.root / final.dir / 'report.md'}, with n and 95% intervals): primary "
+          "score per condition; 'reads' when the decoder's interval lies above every control's")
     from latentqa.evals.harness import PRIMARY
 
+    reads = final.summary.get("reads", {})
     for task, conditions in final.summary["scores"].items():
         metric = PRIMARY[task]
         cells = "  ".join(f"{c} {m[metric]:.3f}" for c, m in conditions.items() if metric in m)
-        print(f"  {task:<15} {metric:<15} {cells}")
+        print(f"  {task:<15} {metric:<15} {cells}  reads: {'yes' if reads.get(task) else 'no'}")
 
 
 def _store_root(ref: str, root: Path | None) -> Path:
@@ -181,15 +183,19 @@ def cmd_read(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from latentqa.release import read_release
+    from latentqa.release import ReleaseError, behaviour_files, read_release, release_dataset
     from storage.imports import write_release
 
-    try:
-        counts = write_release(read_release(args.source), args.source, args.out)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
+    try:  # everything is read and checked before anything is written
+        release = read_release(args.source)
+        dataset = release_dataset(args.source, behaviour_files(args.source), ["data/eval/qa.json"])
+    except ReleaseError as err:
+        print(f"import-latentqa: {err}", file=sys.stderr)
         return 2
+    counts = write_release(release, dataset, args.source, args.out)
     print(f"imported into {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"  dataset:         {args.out}/dataset/{{controls,dialogs,qa}}.parquet ({dataset.counts['n_labels']} labels; "
+          "train on it with a config's `release` section, e.g. configs/release.yaml)")
     print(f"  hidden personas: --set evaluate.hidden_persona_file={args.out}/hidden_persona.parquet")
     print(f"  catalog:         --set 'catalog.paths=[{args.out}/catalog/persona.yaml]' --set catalog.builtin=false")
     print(f"  steering:        --set steer.control={args.out}/steering/<name>.yaml")
@@ -285,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_argument("--model", help="the target/decoder base model (default: the one the decoder was trained on)")
     rd.add_argument("--max-new-tokens", type=int, default=48)
     rd.set_defaults(fn=cmd_read)
-    imp = sub.add_parser("import-latentqa", help="the LatentQA release's eval data in this project's formats")
+    imp = sub.add_parser("import-latentqa", help="the LatentQA release in this project's formats: eval data, "
+                         "steering controls and a trainable dataset")
     imp.add_argument("--source", type=Path, default=Path("../shared/latentqa_data"))
     imp.add_argument("--out", type=Path, default=Path("runs/latentqa-release"))
     imp.set_defaults(fn=cmd_import)

@@ -79,6 +79,36 @@ class CatalogConfig(Section):
         return paths
 
 
+class ReleaseFile(Section):
+    path: str = Field(description="a behaviour file, relative to release.source (data/train/system.json)")
+    heldout: bool = Field(False, description="its labels go to the eval split (category `heldout`; list it in "
+                          "filter.heldout_categories)")
+
+
+class ReleaseConfig(Section):
+    """Train on the original LatentQA release instead of synthesizing (the `import` stage replaces catalog and
+    synthesize). The fingerprint covers these fields and the bytes of every file read, never the folder's path."""
+
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"source"})
+    source: Path = Field(Path("../shared/latentqa_data"), description="the release folder (holding data/)")
+    files: list[ReleaseFile] = Field(min_length=1, description="behaviour files: control, stimulus, "
+                                     "stimulus_completion or system .json, current or paper-era")
+    qa: list[str] = Field(["data/eval/qa.json"], description="qa.json files; labels without pairs get a "
+                          "description pair derived from their control text (kind `derived`)")
+    stimulus: Literal["release", "neutral"] = Field("release", description="neutral: system behaviours get a "
+                                                    "user turn that does not reveal the persona")
+    max_labels: int | None = Field(None, gt=0, description="sample at most this many labels of each file")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> ReleaseConfig:
+        missing = [str(self.source / f) for f in [*(r.path for r in self.files), *self.qa]
+                   if not (self.source / f).is_file()]
+        if missing:
+            raise ValueError(f"release file(s) not found: {missing} (release.source={self.source})")
+        return self
+
+
 class SynthesizeConfig(Section):
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"max_fail_fraction"})
     n_description: int = Field(3, ge=1, description="description questions per control")
@@ -246,6 +276,8 @@ class RunConfig(Section):
     name: str = "demo"
     model: ModelConfig = ModelConfig()
     endpoint: EndpointConfig = EndpointConfig()
+    release: ReleaseConfig | None = Field(None, description="import the LatentQA release instead of catalog + "
+                                          "synthesize")
     catalog: CatalogConfig = CatalogConfig()
     synthesize: SynthesizeConfig = SynthesizeConfig()
     extract: ExtractConfig = ExtractConfig()
@@ -278,6 +310,9 @@ def load_config(path: Path | str) -> RunConfig:
     catalog = raw.get("catalog") or {}
     if isinstance(catalog, dict) and catalog.get("paths"):
         catalog["paths"] = [str(path.parent / p) if not Path(p).is_absolute() else p for p in catalog["paths"]]
+    release = raw.get("release")
+    if isinstance(release, dict) and release.get("source") and not Path(release["source"]).is_absolute():
+        release["source"] = str((path.parent / release["source"]).resolve())
     return parse_config(raw, source=str(path))
 
 

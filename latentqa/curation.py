@@ -1,8 +1,10 @@
 """Curation rules: each a named SQL predicate over one QA row; a row is dropped for the first rule it meets.
 
 Columns a predicate can use: the QA table's columns, `nq`/`na` (normalised question/answer), `extracted`
-(the dialog has activations), `dup_rank` (1 for the first row with the same normalised (question, answer)),
-`near_dup` (a row of the same control with an earlier qa_id has answer-shingle Jaccard >= the threshold) and
+(the dialog has activations), `dup_rank` (1 for the first row with the same normalised (question, answer) in
+its dialog, when its label is the first to have that pair: a pair repeated across labels is kept for one label
+only, while a label's several dialogs (behaviours) each keep theirs), `near_dup` (a row of the same dialog with
+an earlier qa_id has answer-shingle Jaccard >= the threshold) and
 `leaks` (the question names one of its control's distinctive words). Caps (per control, per category) are
 applied after the rules, over the rows that survive them. Every drop is counted as `dropped_<rule>`.
 """

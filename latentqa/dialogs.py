@@ -70,8 +70,8 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def variant_messages(dialog: Mapping[str, str], variant: str) -> tuple[list[dict], list[dict], bool]:
     """(masked prefix messages, full messages, add_generation_prompt) for one LatentQA variant."""
-    user, ack = dialog["control_user"], dialog["control_model"]
-    stim, reply = dialog["stimulus_user"], dialog["stimulus_model"]
+    user, ack = dialog["control_user"], dialog.get("control_model", "")  # the system variant has no ack or reply
+    stim, reply = dialog.get("stimulus_user", ""), dialog.get("stimulus_model", "")
     if variant == "system":
         prefix = [{"role": "system", "content": user}]
         return prefix, prefix + [{"role": "user", "content": stim}], True

@@ -64,8 +64,10 @@ def record_version(store: Store, name: str, manifests: dict[str, Manifest], flow
     is_new = not path.exists()
     record = json.loads(path.read_text()) if not is_new else {
         "name": name, "version": version, "created_at": datetime.now(UTC).isoformat(),  # sub-second: versions sort by it
-        "flow_run_id": flow_run_id, "stages": {s: {"fingerprint": manifests[s].fingerprint, "dir": manifests[s].dir}
-                                               for s in CHAIN}, **(note or {})}
+        "flow_run_id": flow_run_id, **(note or {}),
+        # a role names what a stage is to the chain; an imported dataset's `import` stage fills catalog and synthesize
+        "stages": {s: {"stage": manifests[s].stage, "fingerprint": manifests[s].fingerprint, "dir": manifests[s].dir}
+                   for s in CHAIN}}
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_new:
         write_json_atomic(path, record)
@@ -105,12 +107,13 @@ def resolve_version(store: Store, name: str, version: str | None = None) -> dict
 def chain_manifests(store: Store, record: dict) -> dict[str, Manifest]:
     """The finished manifests of a version's chain; a clear error if gc or a user removed one of them."""
     out = {}
-    for stage, ref in record["stages"].items():
+    for role, ref in record["stages"].items():
+        stage = ref.get("stage", role)  # records before imports had no stage field: the role was the stage
         manifest = store.finished(stage, ref["fingerprint"])
         if manifest is None:
             raise StoreError(f"dataset {record['name']!r} version {record['version'][:FP_CHARS]}: {stage} directory "
                              f"{ref['dir']} is gone; regenerate the dataset")
-        out[stage] = manifest
+        out[role] = manifest
     return out
 
 

@@ -18,6 +18,7 @@ DIALOGS = pa.schema([
     ("dialog_id", pa.string()), ("label", pa.string()), ("family", pa.string()), ("category", pa.string()),
     ("control_user", pa.string()), ("control_model", pa.string()),
     ("stimulus_user", pa.string()), ("stimulus_model", pa.string()),
+    ("variant", pa.string()),  # how the target reads this dialog; null: extract.variant (synthesized dialogs)
 ])
 QA = pa.schema([
     ("qa_id", pa.string()), ("dialog_id", pa.string()), ("label", pa.string()), ("family", pa.string()),
@@ -32,13 +33,18 @@ METRICS = pa.schema([
     ("task", pa.string()), ("item_id", pa.string()), ("condition", pa.string()), ("question", pa.string()),
     ("reference", pa.string()), ("generated", pa.string()), ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
     ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()), ("judge", pa.float64()),
+    ("k", pa.int32()),
 ])
 STEER_RESULTS = pa.schema([
     ("eval", pa.string()), ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
 ])
 SUMMARY = pa.schema([
     ("task", pa.string()), ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-    ("n", pa.int64()),
+    ("lo", pa.float64()), ("hi", pa.float64()), ("n", pa.int64()),
+])
+MARGINS = pa.schema([
+    ("task", pa.string()), ("control", pa.string()), ("metric", pa.string()), ("margin", pa.float64()),
+    ("lo", pa.float64()), ("hi", pa.float64()), ("n", pa.int64()),
 ])
 CURVES = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("loss", pa.float64()), ("lr", pa.float64()),
                     ("eval_loss", pa.float64())])

@@ -28,8 +28,10 @@ def plot_curves(curves: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_bars(groups: dict[str, dict[str, float]], path: Path, ylabel: str = "score") -> None:
-    """Grouped bars: one group per key of `groups` (a task), one bar per condition in it."""
+def plot_bars(groups: dict[str, dict[str, float | tuple[float, float, float]]], path: Path,
+              ylabel: str = "score") -> None:
+    """Grouped bars: one group per key of `groups` (a task), one bar per condition in it; a (value, lo, hi)
+    value draws its interval as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,8 +42,11 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, ylabel: str = "sc
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.8), dpi=100)
     for k, condition in enumerate(conditions):
         xs = [i + k * width for i, values in enumerate(groups.values()) if condition in values]
-        ys = [values[condition] for values in groups.values() if condition in values]
-        ax.bar(xs, ys, width, label=condition)
+        vals = [values[condition] for values in groups.values() if condition in values]
+        ys = [v[0] if isinstance(v, tuple) else v for v in vals]
+        err = [[y - v[1] for y, v in zip(ys, vals)], [v[2] - y for y, v in zip(ys, vals)]] \
+            if vals and all(isinstance(v, tuple) for v in vals) else None
+        ax.bar(xs, ys, width, label=condition, yerr=err, capsize=2, error_kw={"lw": 0.8})
     ax.set_xticks([i + width * (len(conditions) - 1) / 2 for i in range(len(groups))], list(groups), fontsize=8)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, ncol=3)

@@ -138,8 +138,8 @@ def in_run() -> bool:
 
 # what each stage's artifacts are called in the UI: `<noun>-<dataset>`, one key per stage and dataset, so the
 # Artifacts page lists a stage's versions over time
-ARTIFACT_NOUNS = {"catalog": "controls", "synthesize": "synthesis", "extract": "activations", "filter": "dataset",
-                  "train": "decoder", "evaluate": "evaluation", "steer": "steering"}
+ARTIFACT_NOUNS = {"catalog": "controls", "import": "release", "synthesize": "synthesis", "extract": "activations",
+                  "filter": "dataset", "train": "decoder", "evaluate": "evaluation", "steer": "steering"}
 
 
 def artifact_key(stage: str, store: Store) -> str:

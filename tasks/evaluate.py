@@ -2,7 +2,7 @@
 
 Reads   train/<fp>/{adapter/, decoder.json}, filter/<fp>/{train,eval}.parquet, extract/<fp>/part-*.parquet,
         synthesize/<fp>/dialogs.parquet
-Writes  evaluate/<fp>/{metrics.parquet, summary.parquet, report.md, scores.png} + manifest.json
+Writes  evaluate/<fp>/{metrics,summary,margins}.parquet, report.md, scores.png + manifest.json
         (storage/PROTOCOL.md, "evaluate")
 Resume  one pass; nothing to resume.
 
@@ -11,7 +11,8 @@ classification, hidden personas (a held-out persona as a masked system prompt, i
 by answer loss) and relational facts ("Tell me about France." -> currency). Held-out items reuse the extracted
 activations; hidden-persona and relational prompts are read from the target here. Controls
 (latentqa/evals/harness.py): shuffled and zero activations, a text-only reader, the untrained model with the
-activations patched in, and a linear probe. The report shows the decoder's margin over each.
+activations patched in, and a linear probe. Every score carries n and a seeded 95% bootstrap interval; the
+report shows the decoder's paired margin over each control and whether it reads (latentqa/evals/stats.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import DecoderInfo
-from latentqa.evals.harness import Scorer, score_task, summarize
+from latentqa.evals.harness import Scorer, margins, score_task, summarize, verdicts
 from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_items, relational_items, sample_per_task
 from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
@@ -29,13 +30,13 @@ from latentqa.models import load_model
 from latentqa.reading import read_spans
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
-from storage.parquet import DIALOGS, METRICS, SPLIT, SUMMARY, read_table, write_table
+from storage.parquet import DIALOGS, MARGINS, METRICS, SPLIT, SUMMARY, read_table, write_table
 from storage.plots import plot_bars
 from storage.store import Store
 from tasks._common import (Progress, activation_reader, endpoint_client, fail_if_asked, logger, provenance, publish,
                            publish_image, stage_task)
 
-STAGE, VERSION = "evaluate", 3
+STAGE, VERSION = "evaluate", 4  # 4: intervals, paired margins, shuffles across labels, ties are misses
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
@@ -64,13 +65,24 @@ def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], 
         if cfg.hidden_persona_file:  # e.g. the LatentQA release's personas (latentqa import-latentqa)
             personas = {r["label"]: r for r in read_table(cfg.hidden_persona_file).to_pylist()}
         else:
-            personas = {r["label"]: {"label": r["label"], "text": dialogs[r["dialog_id"]]["control_user"],
-                                     "stimulus_user": dialogs[r["dialog_id"]]["stimulus_user"]}
-                        for r in split_rows if r["family"] == "persona"}
+            personas = heldout_personas(split_rows, dialogs)
         fresh += hidden_persona_items(list(personas.values()), tok, cfg.identification_k, cfg.seed)
     if "relational" in cfg.tasks:
         fresh += relational_items(tok, cfg.relational_facts, cfg.seed)
     return stored, sample_per_task(fresh, cfg.max_examples, cfg.seed)
+
+
+def heldout_personas(split_rows: list[dict], dialogs: dict[str, dict]) -> dict[str, dict]:
+    """The held-out personas as hidden system prompts: label -> {label, text, stimulus_user}, from the label's
+    system-variant dialog where it has one (else any of its dialogs with a user stimulus)."""
+    out: dict[str, dict] = {}
+    for r in split_rows:
+        d = dialogs[r["dialog_id"]]
+        if r["family"] != "persona" or not d["stimulus_user"]:
+            continue
+        if r["label"] not in out or d.get("variant") == "system":
+            out[r["label"]] = {"label": r["label"], "text": d["control_user"], "stimulus_user": d["stimulus_user"]}
+    return out
 
 
 def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) -> Probe | None:
@@ -121,16 +133,20 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
                 scores = judge_rows(llm, rows)
         for r, score in zip(rows, scores):
             r["judge"] = score
-        summary = summarize(rows)
+        summary, margin = summarize(rows, cfg.seed), margins(rows, cfg.seed)
+        reads = verdicts(summary)
         n = write_table(out.file("metrics.parquet"), rows, METRICS)
         write_table(out.file("summary.parquet"), summary, SUMMARY)
-        out.file("report.md").write_text(markdown(summary, rows))
+        write_table(out.file("margins.parquet"), margin, MARGINS)
+        out.file("report.md").write_text(markdown(summary, margin, reads, rows))
         plot_bars(primary_scores(summary), out.file("scores.png"), ylabel="primary score")
         by_task = pivot(summary)
         manifest = out.commit(version=VERSION, inputs=[decoder, split, acts, synth],
-                              rows={"metrics.parquet": n, "summary.parquet": len(summary)},
+                              rows={"metrics.parquet": n, "summary.parquet": len(summary),
+                                    "margins.parquet": len(margin)},
                               counts={"n_items": len(items), **{f"n_{t}": sum(it.task == t for it in items) for t in tasks}},
-                              summary={"scores": by_task}, config={"evaluate": cfg.model_dump(mode="json")},
+                              summary={"scores": by_task, "reads": reads},
+                              config={"evaluate": cfg.model_dump(mode="json")},
                               **provenance())
     logger().info("evaluate: %s", {t: c.get("decoder") for t, c in by_task.items()})
     publish(manifest, store, figures={f"{r['task']}/{r['condition']}/{r['metric']}": r["value"] for r in summary})

@@ -49,7 +49,7 @@ def _encode_all(tokenizer, dialogs: list[dict], cfg: ExtractConfig) -> tuple[lis
     for d in dialogs:
         reject = {"item_id": d["dialog_id"], "label": d["label"], "step": STAGE}
         try:
-            enc = encode_dialog(tokenizer, d, cfg.variant)
+            enc = encode_dialog(tokenizer, d, d.get("variant") or cfg.variant)
         except ValueError as err:
             rejected.append({**reject, "reason": "empty_dialog", "detail": str(err)})
             continue

@@ -50,9 +50,10 @@ def _signals(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> None:
         JOIN (SELECT word, count(*) AS df FROM words GROUP BY word) USING (word)
         WHERE length(word) >= 4 AND df <= greatest(1, floor(? * (SELECT count(DISTINCT label) FROM words)))
         GROUP BY label""", [cfg.leak_max_df])
-    con.execute(f"CREATE TABLE shingled AS SELECT qa_id, label, {SHINGLES_SQL.format(col='na')} AS sh FROM base")
+    con.execute(f"CREATE TABLE shingled AS SELECT qa_id, dialog_id, {SHINGLES_SQL.format(col='na')} AS sh FROM base")
+    # within one dialog: a label's other dialogs (the release's behaviours) carry the same pairs on purpose
     con.execute("""CREATE TABLE near AS SELECT DISTINCT b.qa_id FROM shingled a JOIN shingled b
-                   ON a.label = b.label AND a.qa_id < b.qa_id
+                   ON a.dialog_id = b.dialog_id AND a.qa_id < b.qa_id
                    WHERE len(list_intersect(a.sh, b.sh)) / len(list_distinct(list_concat(a.sh, b.sh))) >= ?""",
                 [cfg.near_dup_threshold])
 
@@ -60,11 +61,13 @@ def _signals(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> None:
 def _score(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> None:
     """Table `scored`: every QA row with the reason it is dropped (NULL when kept), caps applied last."""
     con.execute(f"""CREATE TABLE scored AS
-        WITH r AS (
-            SELECT base.*, row_number() OVER (PARTITION BY nq, na ORDER BY qa_id) AS dup_rank,
+        WITH first AS (SELECT base.*, min(qa_id) OVER (PARTITION BY nq, na, label) AS label_first FROM base),
+        r AS (
+            SELECT first.*, CASE WHEN dense_rank() OVER (PARTITION BY nq, na ORDER BY label_first) > 1 THEN 2
+                                 ELSE row_number() OVER (PARTITION BY nq, na, dialog_id ORDER BY qa_id) END AS dup_rank,
                    near.qa_id IS NOT NULL AS near_dup,
                    coalesce(list_has_any({WORDS.format(col='question')}, distinctive.words), false) AS leaks
-            FROM base LEFT JOIN near USING (qa_id) LEFT JOIN distinctive USING (label))
+            FROM first LEFT JOIN near USING (qa_id) LEFT JOIN distinctive USING (label))
         SELECT *, {reason_sql(default_rules(cfg))} AS reason FROM r""")
     for cap, key, reason in ((cfg.max_qa_per_control, "label", "over_cap_control"),
                              (cfg.max_qa_per_category, "category", "over_cap_category")):

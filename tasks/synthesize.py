@@ -22,7 +22,7 @@ from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_t
 from storage.store import Store
 from tasks._common import Progress, endpoint_client, fail_if_asked, logger, provenance, publish, stage_task
 
-STAGE, VERSION = "synthesize", 1
+STAGE, VERSION = "synthesize", 2  # 2: dialogs.parquet has a variant column (null here)
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:

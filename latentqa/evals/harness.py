@@ -1,13 +1,17 @@
 """Score items under the decoder and the faithfulness controls.
 
   decoder          the trained decoder with the item's own activations
-  shuffled         the same decoder with another item's activations (same task)
+  shuffled         the same decoder with the activations of another item of the task, read from a dialog with a
+                   different control label (never the item's own dialog, whose other questions share it)
   zero             the same decoder with zero vectors of the same length
   text_only        the untrained model reading the same tokens as text, no activations
   untrained_patch  the untrained model with the activations patched in (Patchscopes / SelfIE style)
   probe            a linear probe on mean-pooled activations (classification items only)
 
-Identification (hidden persona): the true description must have the lowest answer loss among the candidates.
+Identification (hidden persona): the true description must have a strictly lower answer loss than every other
+candidate (a tie is a miss, so a condition that scores every candidate alike is never credited).
+Every score comes with n and a seeded 95% bootstrap interval, and each margin over a control with a paired one
+(latentqa/evals/stats.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from latentqa.evals.items import Item, read_text
 from latentqa.evals.probe import Probe, mean_pool
+from latentqa.evals.stats import Interval, bootstrap, paired, reads
 from latentqa.generate import answer, answer_losses, text_answers, text_losses
 from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f1
 
@@ -28,14 +33,17 @@ PRIMARY = {"gist": "token_f1", "fact": "token_f1", "classification": "exact", "h
            "relational": "exact"}
 
 
-def derangement(n: int, seed: int) -> list[int]:
-    """A seeded permutation with no fixed point (each item gets another item's activations)."""
-    if n < 2:
-        return []
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    nxt = {order[i]: order[(i + 1) % n] for i in range(n)}
-    return [nxt[i] for i in range(n)]
+def shuffled_sources(sources: list[str], seed: int) -> list[int]:
+    """For each item, a seeded choice of another item whose activations come from a different control label;
+    [] when every item shares one label (no honest shuffle exists)."""
+    rng = random.Random(seed)
+    out = []
+    for s in sources:
+        others = [j for j, t in enumerate(sources) if t != s]
+        if not others:
+            return []
+        out.append(rng.choice(others))
+    return out
 
 
 def _batched(fn, n: int, size: int, *columns):
@@ -81,7 +89,7 @@ class Scorer:
 
 
 def _identify(scorer: Scorer, items: list[Item], acts, condition: str) -> list[bool]:
-    """Per item: is candidate 0 (the truth) the one with the lowest loss?"""
+    """Per item: does candidate 0 (the truth) have a strictly lower loss than every other candidate?"""
     flat_acts, flat_q, flat_a, spans = [], [], [], []
     for it, a in zip(items, acts):
         spans.append((len(flat_a), len(it.candidates)))
@@ -93,7 +101,12 @@ def _identify(scorer: Scorer, items: list[Item], acts, condition: str) -> list[b
         losses = scorer.text_losses(texts, flat_q, flat_a)
     else:
         losses = scorer.losses(flat_acts, flat_q, flat_a, trained=condition != "untrained_patch")
-    return [int(np.argmin(losses[s: s + n])) == 0 for s, n in spans]
+    return [first_strictly_lowest(losses[s: s + n]) for s, n in spans]
+
+
+def first_strictly_lowest(losses: list[float]) -> bool:
+    """Identification's hit: the truth (index 0) beats every distractor; a tie is a miss."""
+    return len(losses) > 1 and all(losses[0] < other for other in losses[1:])
 
 
 def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int,
@@ -102,7 +115,7 @@ def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int
     acts = [it.acts for it in items]
     questions, refs = [it.question for it in items], [it.reference for it in items]
     patched: dict[str, list] = {"decoder": acts}
-    if "shuffled" in controls and (perm := derangement(len(items), seed)):
+    if "shuffled" in controls and (perm := shuffled_sources([it.source for it in items], seed)):
         patched["shuffled"] = [acts[j] for j in perm]
     if "zero" in controls:
         patched["zero"] = [np.zeros_like(a) for a in acts]
@@ -132,23 +145,67 @@ def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int
                          "token_f1": token_f1(g, it.reference),
                          "exact": exclusive_choice(g, it.reference, it.choices) if it.choices
                          else contains_answer(g, it.reference),
-                         "loss": loss, "identified": identified[condition][k] if condition in identified else None})
+                         "loss": loss, "identified": identified[condition][k] if condition in identified else None,
+                         "k": len(it.candidates) if it.candidates else None})
     return rows
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """(task, condition, metric, value, n) means; identification only where it was computed."""
+SCORES = ("rouge_l", "token_f1", "exact")
+
+
+def _values(rows: list[dict], metric: str) -> dict[str, float]:
+    """{item_id: value} of one metric over rows that have it (loss: not NaN; identification: where computed)."""
+    if metric == "identification":
+        return {r["item_id"]: float(r["identified"]) for r in rows if r["identified"] is not None}
+    if metric in ("loss", "judge"):
+        return {r["item_id"]: r[metric] for r in rows if r.get(metric) is not None and not math.isnan(r[metric])}
+    return {r["item_id"]: r[metric] for r in rows}
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["condition"]), []).append(r)
+    return groups
+
+
+def summarize(rows: list[dict], seed: int) -> list[dict]:
+    """(task, condition, metric, value, lo, hi, n): means over items with seeded 95% bootstrap intervals;
+    identification only where it was computed, loss only where defined."""
     out = []
-    for (task, condition), rs in groups.items():
-        values = {m: [r[m] for r in rs] for m in ("rouge_l", "token_f1", "exact")}
-        values["loss"] = [r["loss"] for r in rs if r["loss"] is not None and not math.isnan(r["loss"])]
-        values["identification"] = [float(r["identified"]) for r in rs if r["identified"] is not None]
-        values["judge"] = [r["judge"] for r in rs if r.get("judge") is not None]
-        for metric, vals in values.items():
-            if vals:
-                out.append({"task": task, "condition": condition, "metric": metric,
-                            "value": round(float(np.mean(vals)), 4), "n": len(vals)})
+    for (task, condition), rs in _groups(rows).items():
+        for metric in (*SCORES, "loss", "identification", "judge"):
+            if vals := list(_values(rs, metric).values()):
+                ci = bootstrap(vals, seed)
+                out.append({"task": task, "condition": condition, "metric": metric, "value": round(ci.mean, 4),
+                            "lo": round(ci.lo, 4), "hi": round(ci.hi, 4), "n": ci.n})
+    return out
+
+
+def margins(rows: list[dict], seed: int) -> list[dict]:
+    """The decoder's margin over each control on the task's primary metric, paired by item, with its
+    seeded 95% bootstrap interval (task, control, metric, margin, lo, hi, n)."""
+    groups, out = _groups(rows), []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        metric = PRIMARY[task]
+        decoder = _values(groups.get((task, "decoder"), []), metric)
+        for (t, condition), rs in groups.items():
+            control = _values(rs, metric)
+            shared = [i for i in decoder if i in control]
+            if t != task or condition == "decoder" or not shared:
+                continue
+            ci = paired([decoder[i] for i in shared], [control[i] for i in shared], seed)
+            out.append({"task": task, "control": condition, "metric": metric, "margin": round(ci.mean, 4),
+                        "lo": round(ci.lo, 4), "hi": round(ci.hi, 4), "n": ci.n})
+    return out
+
+
+def verdicts(summary: list[dict]) -> dict[str, bool]:
+    """{task: the decoder's interval on the primary metric lies above every control's}."""
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in summary):
+        primary = [r for r in summary if r["task"] == task and r["metric"] == PRIMARY[task]]
+        decoder = [Interval(r["value"], r["lo"], r["hi"], r["n"]) for r in primary if r["condition"] == "decoder"]
+        controls = [Interval(r["value"], r["lo"], r["hi"], r["n"]) for r in primary if r["condition"] != "decoder"]
+        out[task] = bool(decoder) and reads(decoder[0], controls)
     return out

@@ -16,11 +16,11 @@ from importlib import resources
 import numpy as np
 import yaml
 
+from latentqa.describe import PERSONA_QUESTION, describe
 from latentqa.dialogs import encode_dialog
 
 FAMILIES = ("persona", "goal", "scenario")
 TASKS = ("gist", "fact", "classification", "hidden_persona", "relational")
-PERSONA_QUESTION = "What persona is the assistant adopting?"
 CLASS_QUESTION = "Is the assistant following a persona, a goal or a scenario? Answer with one word."
 
 
@@ -37,6 +37,7 @@ class Item:
     dialog_id: str | None = None  # the extracted dialog whose activations the item uses (held-out items)
     choices: list[str] | None = None  # classification: exact match means naming the reference and no other
     acts: np.ndarray | None = field(default=None, repr=False)  # [n, d], filled from the store or a fresh read
+    source: str = ""  # the control label (or subject) the activations were read under: shuffles never share it
 
 
 def read_text(tokenizer, item: Item) -> str:
@@ -50,31 +51,35 @@ def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant
     for r in rows:
         first = r["dialog_id"] not in encoded
         if first:  # a dialog has several QA rows: encode it once
-            encoded[r["dialog_id"]] = encode_dialog(tokenizer, dialogs[r["dialog_id"]], variant)
+            dialog = dialogs[r["dialog_id"]]
+            encoded[r["dialog_id"]] = encode_dialog(tokenizer, dialog, dialog.get("variant") or variant)
         enc = encoded[r["dialog_id"]]
-        task = "gist" if r["kind"] == "description" else "fact"
+        task = "gist" if r["kind"] in ("description", "derived") else "fact"
         out.append(Item(task, r["qa_id"], r["question"], r["answer"], enc.token_ids, enc.n_prefix, label=r["family"],
-                        dialog_id=r["dialog_id"]))
+                        dialog_id=r["dialog_id"], source=r["label"]))
         if first:
             out.append(Item("classification", f"{r['dialog_id']}:class", CLASS_QUESTION, r["family"], enc.token_ids,
-                            enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"], choices=list(FAMILIES)))
+                            enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"], choices=list(FAMILIES),
+                            source=r["label"]))
     return out
 
 
 def hidden_persona_items(personas: list[dict], tokenizer, k: int, seed: int) -> list[Item]:
-    """Each persona as a hidden system prompt over its stimulus; K-1 distractors from the same list."""
+    """Each persona as a hidden system prompt over its stimulus; K-1 distractors from the same list. Every
+    candidate is a persona's description in one style (latentqa/describe.py), so only content tells them apart."""
     rng = random.Random(seed)
     out = []
     if len(personas) < 2:  # nothing to tell the true persona from
         return out
     for p in personas:
-        others = [q["text"] for q in personas if q["label"] != p["label"]]
+        others = [describe("persona", q["text"])[1] for q in personas if q["label"] != p["label"]]
         distractors = rng.sample(others, min(k - 1, len(others)))
         dialog = {"control_user": p["text"], "control_model": "", "stimulus_user": p["stimulus_user"],
                   "stimulus_model": ""}
         enc = encode_dialog(tokenizer, dialog, "system")
-        out.append(Item("hidden_persona", p["label"], PERSONA_QUESTION, p["text"], enc.token_ids, enc.n_prefix,
-                        candidates=[p["text"], *distractors]))
+        truth = describe("persona", p["text"])[1]
+        out.append(Item("hidden_persona", p["label"], PERSONA_QUESTION, truth, enc.token_ids, enc.n_prefix,
+                        candidates=[truth, *distractors], source=p["label"]))
     return out
 
 
@@ -94,7 +99,7 @@ def relational_items(tokenizer, n: int | None, seed: int) -> list[Item]:
                   "stimulus_model": ""}
         enc = encode_dialog(tokenizer, dialog, "control")
         out.append(Item("relational", f"{subject}:{relation}", relations[relation], obj, enc.token_ids, enc.n_prefix,
-                        label=relation))
+                        label=relation, source=subject))
     return out
 
 

@@ -1,4 +1,5 @@
-"""The evaluation report: per task, every condition's scores and the decoder's margin over each control."""
+"""The evaluation report: per task, every condition's scores with n and 95% intervals, the decoder's paired
+margin over each control, and whether the decoder reads (its interval above every control's)."""
 
 from __future__ import annotations
 
@@ -7,38 +8,49 @@ from latentqa.evals.harness import PRIMARY
 METRICS = ("identification", "exact", "token_f1", "rouge_l", "judge", "loss")
 
 
-def pivot(summary: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """{task: {condition: {metric: value}}}"""
+def pivot(summary: list[dict], field: str = "value") -> dict[str, dict[str, dict[str, float]]]:
+    """{task: {condition: {metric: summary[field]}}}"""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in summary:
-        out.setdefault(r["task"], {}).setdefault(r["condition"], {})[r["metric"]] = r["value"]
+        out.setdefault(r["task"], {}).setdefault(r["condition"], {})[r["metric"]] = r[field]
     return out
 
 
-def primary_scores(summary: list[dict]) -> dict[str, dict[str, float]]:
-    """{"task (metric)": {condition: value}} on each task's primary metric, for the bar chart."""
-    out = {}
-    for task, conds in pivot(summary).items():
-        metric = PRIMARY[task]
-        out[f"{task}\n({metric})"] = {c: m[metric] for c, m in conds.items() if metric in m}
+def primary_scores(summary: list[dict]) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """{"task (metric, n)": {condition: (value, lo, hi)}} on each task's primary metric, for the bar chart."""
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for r in summary:
+        if r["metric"] == PRIMARY[r["task"]]:
+            out.setdefault(f"{r['task']}\n({r['metric']}, n={r['n']})", {})[r["condition"]] = (r["value"], r["lo"], r["hi"])
     return out
 
 
-def markdown(summary: list[dict], examples: list[dict], n_examples: int = 3) -> str:
+def _cell(r: dict) -> str:
+    return f"{r['value']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+
+
+def markdown(summary: list[dict], margins: list[dict], verdicts: dict[str, bool], examples: list[dict],
+             n_examples: int = 3) -> str:
     lines = ["# Evaluation", "",
-             "Each task scored with the decoder and with every faithfulness control; `margin` is the decoder's",
-             "primary score minus the control's (positive: the decoder does better than the control).", ""]
-    for task, conds in pivot(summary).items():
+             "Each task scored with the decoder and with every faithfulness control: mean over n items with a seeded",
+             "95% bootstrap interval. `margin` is the decoder's primary score minus the control's, paired by item, with",
+             "its own interval. The decoder *reads* a task when its interval lies above every control's.", ""]
+    for task in dict.fromkeys(r["task"] for r in summary):
         primary = PRIMARY[task]
-        metrics = [m for m in METRICS if any(m in v for v in conds.values())]
-        lines += [f"## {task} (primary: {primary})", "",
-                  "| condition | " + " | ".join(metrics) + " | margin |", "|---" * (len(metrics) + 2) + "|"]
-        base = conds.get("decoder", {}).get(primary)
-        for condition, values in conds.items():
-            cells = [f"{values[m]:.3f}" if m in values else "" for m in metrics]
-            margin = "" if condition == "decoder" or base is None or primary not in values else \
-                f"{base - values[primary]:+.3f}"
-            lines.append(f"| {condition} | " + " | ".join(cells) + f" | {margin} |")
+        rows = [r for r in summary if r["task"] == task]
+        conditions = list(dict.fromkeys(r["condition"] for r in rows))
+        metrics = [m for m in METRICS if any(r["metric"] == m for r in rows)]
+        cell = {(r["condition"], r["metric"]): r for r in rows}
+        margin = {m["control"]: m for m in margins if m["task"] == task}
+        n = max((r["n"] for r in rows if r["metric"] == primary), default=0)
+        lines += [f"## {task} (primary: {primary}, n={n}): decoder reads: {'yes' if verdicts.get(task) else 'no'}",
+                  "", "| condition | " + " | ".join(metrics) + " | margin (paired) |",
+                  "|---" * (len(metrics) + 2) + "|"]
+        for condition in conditions:
+            cells = [_cell(cell[condition, m]) if (condition, m) in cell else "" for m in metrics]
+            m = margin.get(condition)
+            lines.append(f"| {condition} | " + " | ".join(cells) + " | " +
+                         (f"{m['margin']:+.3f} [{m['lo']:+.3f}, {m['hi']:+.3f}] (n={m['n']})" if m else "") + " |")
         shown = [e for e in examples if e["task"] == task and e["condition"] == "decoder"][:n_examples]
         if shown:
             lines += ["", "Examples (decoder):"]

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
-from latentqa.evals.harness import Scorer, derangement, score_task, summarize
+from latentqa.evals.harness import (Scorer, first_strictly_lowest, margins, score_task, shuffled_sources, summarize,
+                                    verdicts)
 from latentqa.evals.items import hidden_persona_items, load_facts, relational_items, sample_per_task
 from latentqa.evals.probe import Probe
 from latentqa.evals.report import markdown
+from latentqa.evals.stats import Interval, bootstrap, paired, reads
 from latentqa.metrics import contains_answer, rouge_l, token_f1
 
 
@@ -44,21 +46,100 @@ PERSONAS = [{"label": f"persona-x-{i}", "text": text, "stimulus_user": "How was 
 
 
 def test_identification_candidates_are_the_truth_and_distractors_from_the_same_split(tokenizer):
+    from latentqa.describe import describe
+
     items = hidden_persona_items(PERSONAS, tokenizer, k=5, seed=0)
-    texts = {p["text"] for p in PERSONAS}
+    texts = {describe("persona", p["text"])[1] for p in PERSONAS}
     for item, persona in zip(items, PERSONAS):
-        assert item.candidates[0] == persona["text"] == item.reference
+        truth = describe("persona", persona["text"])[1]
+        assert item.candidates[0] == truth == item.reference and item.source == persona["label"]
         assert len(item.candidates) == 5 and len(set(item.candidates)) == 5
-        assert set(item.candidates[1:]) <= texts - {persona["text"]}  # distractors: other personas of the split
+        assert set(item.candidates[1:]) <= texts - {truth}  # distractors: other personas of the split
         assert persona["text"] not in tokenizer.decode(item.token_ids[item.n_prefix:])  # the system turn is masked
     assert hidden_persona_items(PERSONAS[:1], tokenizer, k=5, seed=0) == []  # nothing to tell apart
 
 
-def test_derangement_gives_every_item_another_items_activations():
-    for n in range(2, 12):
-        perm = derangement(n, seed=n)
-        assert sorted(perm) == list(range(n)) and all(perm[i] != i for i in range(n))
-    assert derangement(1, 0) == []
+def test_shuffled_activations_never_come_from_a_dialog_of_the_same_label():
+    # gist items: several QA pairs per dialog, so "another item" is often the same dialog's activations
+    sources = ["persona-a"] * 4 + ["goal-b"] * 3 + ["persona-c"]
+    for seed in range(20):
+        picks = shuffled_sources(sources, seed)
+        assert len(picks) == len(sources) and all(sources[j] != s for j, s in zip(picks, sources))
+    assert shuffled_sources(["same"] * 3, 0) == []  # no honest shuffle: the control is left out
+    assert shuffled_sources(sources, 1) == shuffled_sources(sources, 1)  # seeded
+
+
+def test_score_task_shuffles_across_labels(tiny, tokenizer):
+    """Every shuffled row's activations are those of an item with another label (checked on the patch)."""
+    from latentqa.evals import harness
+    from latentqa.evals.items import Item
+
+    items = [Item("gist", f"q{i}", "Q?", "A", [1, 2, 3], 1, source=src, acts=np.full((2, 4), i, np.float32))
+             for i, src in enumerate(["a", "a", "a", "b", "b", "c"])]
+    seen = {}
+
+    class Recorder:
+        def generate(self, acts, questions, trained=True):
+            seen.setdefault("gen", []).append([float(a[0, 0]) for a in acts])
+            return ["x"] * len(acts)
+
+        def losses(self, acts, questions, refs, trained=True):
+            return [1.0] * len(acts)
+
+    harness.score_task(Recorder(), items, ["shuffled"], seed=3)
+    decoder, shuffled = seen["gen"]
+    for own, used in zip(decoder, shuffled):
+        assert items[int(own)].source != items[int(used)].source
+
+
+def test_identification_counts_a_tie_as_a_miss():
+    assert first_strictly_lowest([1.0, 2.0, 3.0])
+    assert not first_strictly_lowest([2.0, 2.0, 3.0])  # a tie with a distractor is not a hit
+    assert not first_strictly_lowest([5.0, 5.0, 5.0])  # a condition that cannot tell candidates apart
+    assert not first_strictly_lowest([3.0, 1.0, 2.0])
+    assert not first_strictly_lowest([1.0])  # no distractor: nothing identified
+
+
+def test_bootstrap_interval_is_seeded_covers_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small, large = rng.random(20) > 0.5, rng.random(2000) > 0.5
+    a, b = bootstrap(small, seed=1), bootstrap(small, seed=1)
+    assert a == b and a.lo <= a.mean <= a.hi and a.n == 20
+    wide, narrow = a.hi - a.lo, bootstrap(large, seed=1).hi - bootstrap(large, seed=1).lo
+    assert narrow < wide / 4
+    flat = bootstrap([0.25] * 10, seed=0)
+    assert (flat.mean, flat.lo, flat.hi, flat.n) == (0.25, 0.25, 0.25, 10)  # no spread, no width
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap([], seed=0)
+
+
+def test_paired_margin_is_narrower_than_unpaired_when_items_vary_together():
+    rng = np.random.default_rng(0)
+    difficulty = rng.random(100)
+    control = difficulty
+    decoder = difficulty + 0.05  # better on every item by a little
+    m = paired(decoder, control, seed=0)
+    assert m.lo > 0 and abs(m.mean - 0.05) < 1e-9
+    d, c = bootstrap(decoder, 0), bootstrap(control, 0)
+    assert d.lo < c.hi  # the unpaired intervals overlap although every pair favours the decoder
+    assert reads(Interval(0.6, 0.5, 0.7, 100), [Interval(0.2, 0.1, 0.3, 100), Interval(0.4, 0.3, 0.45, 100)])
+    assert not reads(Interval(0.6, 0.5, 0.7, 100), [Interval(0.45, 0.3, 0.55, 100)])  # overlapping intervals
+    assert not reads(Interval(0.6, 0.5, 0.7, 100), [])
+
+
+def test_descriptions_share_one_style_whatever_the_opener():
+    from latentqa.describe import describe
+
+    for text, who in [("Please adopt the persona of a retired circus performer. Be nostalgic.",
+                       "a retired circus performer"),
+                      ("I'd like you to take on the role of a night watchman who observes the world.",
+                       "a night watchman who observes the world"),
+                      ("Speak as a retired sea captain.", "a retired sea captain"),
+                      ("Be a grumpy cat!", "a grumpy cat"),
+                      ("A lighthouse keeper, always.", "A lighthouse keeper, always")]:
+        question, answer = describe("persona", text)
+        assert answer == f"The assistant will adopt the persona of {who}." and question.endswith("adopt?")
+    assert describe("goal", "Use analogies. Always.")[1] == "The assistant was asked: Use analogies."
 
 
 def test_probe_learns_a_separable_class():
@@ -86,12 +167,18 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
                       seed=0)
     conditions = {r["condition"] for r in rows}
     assert conditions == {"decoder", "shuffled", "zero", "text_only", "untrained_patch"}
-    assert all(isinstance(r["identified"], bool) for r in rows)
-    summary = summarize(rows)
+    assert all(isinstance(r["identified"], bool) and r["k"] == 3 for r in rows)
+    summary = summarize(rows, seed=0)
     ident = {r["condition"]: r for r in summary if r["metric"] == "identification"}
     assert set(ident) == conditions and all(r["n"] == len(items) for r in ident.values())
-    report = markdown(summary, rows)
-    assert "## hidden_persona (primary: identification)" in report and "margin" in report
+    assert all(r["lo"] <= r["value"] <= r["hi"] for r in summary)
+    margin = margins(rows, seed=0)
+    assert {m["control"] for m in margin} == conditions - {"decoder"}
+    for m in margin:  # paired by item: the mean margin is the difference of the two means
+        assert m["n"] == len(items) and m["lo"] <= m["margin"] <= m["hi"]
+        assert m["margin"] == pytest.approx(ident["decoder"]["value"] - ident[m["control"]]["value"], abs=1e-3)
+    report = markdown(summary, margin, verdicts(summary), rows)
+    assert f"## hidden_persona (primary: identification, n={len(items)})" in report and "[" in report
     assert read_text(tokenizer, items[0])
     assert len(sample_per_task(items, 2, seed=0)) == 2
 
@@ -127,6 +214,6 @@ def test_llm_judge_scores_through_the_openai_client_and_caches(tmp_path, monkeyp
         llm = LLM(endpoint, server.base_url, read_api_key(endpoint, local=False), cache, request_key)
         assert judge_rows(llm, rows) == [1.0, 0.0, None] and server.requests == sent  # cached
     for r, j in zip(rows, [1.0, 0.0, None]):
-        r.update(judge=j, rouge_l=0.0, token_f1=0.0, exact=0.0, loss=1.0, identified=None)
-    judged = {(r["condition"], r["metric"]): r["value"] for r in summarize(rows) if r["metric"] == "judge"}
+        r.update(judge=j, rouge_l=0.0, token_f1=0.0, exact=0.0, loss=1.0, identified=None, item_id="i")
+    judged = {(r["condition"], r["metric"]): r["value"] for r in summarize(rows, 0) if r["metric"] == "judge"}
     assert judged == {("decoder", "judge"): 1.0, ("zero", "judge"): 0.0}

@@ -1,6 +1,7 @@
 """The LatentQA release's evaluation data, imported and used by the persona, catalog and steering paths.
 
-Runs only where ../shared/latentqa_data is present (never copied into the repository)."""
+Runs only where ../shared/latentqa_data is present (never copied into the repository); the checks that need no
+release data (malformed files, the trainable import) are in test_release_import.py and run everywhere."""
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from latentqa.catalog import load_controls
 from latentqa.cli import main
 from latentqa.config import SteerConfig
+from latentqa.describe import describe
 from latentqa.evals.items import hidden_persona_items
 from tasks.steer import control_pairs
 
@@ -42,14 +44,15 @@ def test_hidden_persona_task_runs_on_the_release_personas(imported, tokenizer, t
     personas = pq.read_table(imported / "hidden_persona.parquet").to_pylist()[:6]
     items = hidden_persona_items(personas, tokenizer, k=5, seed=0)
     assert len(items) == 6 and all(len(it.candidates) == 5 for it in items)
-    assert all(it.reference == p["text"] and p["text"] not in tokenizer.decode(it.token_ids[it.n_prefix:])
+    assert all(it.reference == describe("persona", p["text"])[1]
+               and p["text"] not in tokenizer.decode(it.token_ids[it.n_prefix:])
                for it, p in zip(items, personas))  # the release's system prompt is the masked control
     net = make_decoder(tiny.model, 4, 8, 0.0, ["q_proj", "v_proj"]).eval()  # mechanics: a random tiny decoder
     info = DecoderInfo("tiny", 1, 0, "?", placeholder_id(tokenizer, "?"), "system")
     with net.disable_adapter():
         read_fresh(net, items, 1, tokenizer.eos_token_id, batch_size=6)
     rows = score_task(Scorer(net, tokenizer, info, 6, 2), items, ["shuffled", "zero"], seed=0)
-    ident = {r["condition"]: r for r in summarize(rows) if r["metric"] == "identification"}
+    ident = {r["condition"]: r for r in summarize(rows, 0) if r["metric"] == "identification"}
     assert set(ident) == {"decoder", "shuffled", "zero"} and all(r["n"] == 6 for r in ident.values())
 
 
@@ -59,8 +62,3 @@ def test_release_steering_controls_load_as_pairs(imported):
         assert 5 <= len(pairs) <= 15 and persona is None
     original = next((SOURCE / "controls").glob("*.json"))
     assert len(control_pairs(SteerConfig(control=str(original)))[0]) == 15  # the release's own JSON, as is
-
-
-def test_missing_source_is_a_clear_error(tmp_path, capsys):
-    assert main(["import-latentqa", "--source", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "data/eval/control.json not found" in capsys.readouterr().err
