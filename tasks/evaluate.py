@@ -17,7 +17,7 @@ report shows the decoder's paired margin over each control and whether it reads 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import DecoderInfo
@@ -72,6 +72,22 @@ def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], 
     return stored, sample_per_task(fresh, cfg.max_examples, cfg.seed)
 
 
+def scoring_progress(items: list[Item], controls: list[str]) -> Callable[[str, int], None]:
+    """A progress bar (and log line every 10%, and Prefect progress artifact) per kind of scoring work, told of
+    every batch: replies generated, answers scored, items ranked (identification)."""
+    conditions = 1 + sum(c != "probe" for c in controls)
+    ranked = sum(bool(it.candidates) for it in items)
+    totals = {"replies generated": len(items) * conditions, "answers scored": (len(items) - ranked) * conditions,
+              "items ranked": ranked * conditions}
+    bars: dict[str, Progress] = {}
+
+    def tell(what: str, n: int) -> None:
+        if what not in bars:
+            bars[what] = Progress(totals[what], f"evaluate: {what}")
+        bars[what].advance(n)
+    return tell
+
+
 def heldout_personas(split_rows: list[dict], dialogs: dict[str, dict]) -> dict[str, dict]:
     """The held-out personas as hidden system prompts: label -> {label, text, stimulus_user}, from the label's
     system-variant dialog where it has one (else any of its dialogs with a user stimulus)."""
@@ -120,13 +136,12 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         with net.disable_adapter():  # the target is the untrained model
             read_fresh(net, fresh, info.read_layer, pad_id, cfg.batch_size)
         probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None
-        scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens)
         items = stored + fresh
+        scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items, cfg.controls))
         tasks = [t for t in TASKS if any(it.task == t for it in items)]
-        progress, rows = Progress(len(tasks), "evaluate: tasks scored"), []
+        rows = []
         for task in tasks:
             rows += score_task(scorer, [it for it in items if it.task == task], cfg.controls, cfg.seed, probe)
-            progress.advance()
         scores = [None] * len(rows)
         if cfg.judge:
             with endpoint_client(endpoint, store) as llm:

@@ -100,16 +100,20 @@ def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store)
                                         description_questions("persona", 3))
             others = sorted(c.text for c in load_controls(builtin_paths(), ["persona"]) if c.text != persona)
             distractors = others[:: max(1, len(others) // (cfg.identification_k - 1))][: cfg.identification_k - 1]
+        measured = Progress(3, "steer: conditions evaluated (before, steered, random LoRA)")
         with target.disable_adapter():
             results, samples = _measure(cfg, target, dec, tok, info, persona, distractors, "before")
+        measured.advance()
         progress = Progress(cfg.steps, "steer: optimizer steps")
         curve = train_steering(target, dec, tok, info, pairs, prompts, settings, on_step=lambda *_: progress.advance())
         target.save_pretrained(out.file("adapter"))
         r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "steered")
         results, samples = results + r, samples + s
+        measured.advance()
         randomize_like(target, cfg.seed + 1)  # the trained adapter is saved above
         r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
         results, samples = results + r, samples + s
+        measured.advance()
         out.file("steer.json").write_text(json.dumps({"control": cfg.control, "persona": persona, "pairs": pairs,
                                                       "curve": curve}, indent=2) + "\n")
         n = write_table(out.file("results.parquet"), results, STEER_RESULTS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 from contextlib import nullcontext
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from latentqa.evals.items import Item, read_text
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.stats import Interval, bootstrap, paired, reads
 from latentqa.generate import answer, answer_losses, text_answers, text_losses
+from latentqa.ranking import decoder_candidate_losses, text_candidate_losses
 from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f1
 
 CONTROLS = ("shuffled", "zero", "text_only", "untrained_patch", "probe")
@@ -46,62 +48,78 @@ def shuffled_sources(sources: list[str], seed: int) -> list[int]:
     return out
 
 
-def _batched(fn, n: int, size: int, *columns):
-    out = []
+def _batched(fn, n: int, size: int, *columns, done: Callable[[int], None] | None = None):
+    """fn over batches of `size` rows, rows grouped by length (less padding), results in the input order."""
+    order = sorted(range(n), key=lambda i: tuple(len(c[i]) for c in columns))
+    out: list = [None] * n
     for i in range(0, n, size):
-        out += fn(*[c[i: i + size] for c in columns])
+        idx = order[i: i + size]
+        for j, r in zip(idx, fn(*[[c[j] for j in idx] for c in columns])):
+            out[j] = r
+        if done:
+            done(len(idx))
     return out
 
 
 class Scorer:
-    """Answers and losses for one decoder (a peft model: the adapter off gives the untrained model)."""
+    """Answers and losses for one decoder (a peft model: the adapter off gives the untrained model).
 
-    def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int):
+    `progress(what, n)` is told of every batch done: "replies generated", "answers scored", "candidates ranked"."""
+
+    def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int,
+                 progress: Callable[[str, int], None] | None = None):
         self.net, self.tok, self.info, self.bs, self.max_new = net, tokenizer, info, batch_size, max_new_tokens
+        self.progress = progress or (lambda what, n: None)
 
     def _weights(self, trained: bool):
         """The decoder as trained, or the untrained model (the same weights with the adapter switched off)."""
         return nullcontext() if trained else self.net.disable_adapter()
+
+    def _tell(self, what: str):
+        return lambda n: self.progress(what, n)
 
     def generate(self, acts, questions, trained: bool = True) -> list[str]:
         def run(a, q):
             return answer(self.net, self.tok, a, q, self.info.placeholder_id, self.info.write_layer, self.max_new,
                           self.info.norm_match)
         with self._weights(trained):
-            return _batched(run, len(acts), self.bs, acts, questions)
+            return _batched(run, len(acts), self.bs, acts, questions, done=self._tell("replies generated"))
 
     def losses(self, acts, questions, answers, trained: bool = True) -> list[float]:
         def run(a, q, r):
             return answer_losses(self.net, self.tok, a, q, r, self.info.placeholder_id, self.info.write_layer,
                                  self.info.norm_match)
         with self._weights(trained):
-            return _batched(run, len(acts), self.bs, acts, questions, answers)
+            return _batched(run, len(acts), self.bs, acts, questions, answers, done=self._tell("answers scored"))
+
+    def candidate_losses(self, acts, questions, candidates, trained: bool = True) -> list[list[float]]:
+        """Per item, each candidate's loss, the prompt computed once per item (latentqa/ranking.py)."""
+        def run(a, q, c):
+            return decoder_candidate_losses(self.net, self.tok, a, q, c, self.info.placeholder_id,
+                                            self.info.write_layer, self.info.norm_match)
+        with self._weights(trained):
+            return _batched(run, len(acts), self._items_per_ranking(candidates), acts, questions, candidates,
+                            done=self._tell("items ranked"))
 
     def text(self, texts, questions) -> list[str]:
         with self._weights(trained=False):
             return _batched(lambda t, q: text_answers(self.net, self.tok, t, q, self.max_new), len(texts), self.bs,
-                            texts, questions)
+                            texts, questions, done=self._tell("replies generated"))
 
     def text_losses(self, texts, questions, answers) -> list[float]:
         with self._weights(trained=False):
             return _batched(lambda t, q, a: text_losses(self.net, self.tok, t, q, a), len(texts), self.bs,
-                            texts, questions, answers)
+                            texts, questions, answers, done=self._tell("answers scored"))
 
+    def text_candidate_losses(self, texts, questions, candidates) -> list[list[float]]:
+        with self._weights(trained=False):
+            return _batched(lambda t, q, c: text_candidate_losses(self.net, self.tok, t, q, c), len(texts),
+                            self._items_per_ranking(candidates), texts, questions, candidates,
+                            done=self._tell("items ranked"))
 
-def _identify(scorer: Scorer, items: list[Item], acts, condition: str) -> list[bool]:
-    """Per item: does candidate 0 (the truth) have a strictly lower loss than every other candidate?"""
-    flat_acts, flat_q, flat_a, spans = [], [], [], []
-    for it, a in zip(items, acts):
-        spans.append((len(flat_a), len(it.candidates)))
-        flat_acts += [a] * len(it.candidates)
-        flat_q += [it.question] * len(it.candidates)
-        flat_a += it.candidates
-    if condition == "text_only":
-        texts = [read_text(scorer.tok, it) for it in items for _ in it.candidates]
-        losses = scorer.text_losses(texts, flat_q, flat_a)
-    else:
-        losses = scorer.losses(flat_acts, flat_q, flat_a, trained=condition != "untrained_patch")
-    return [first_strictly_lowest(losses[s: s + n]) for s, n in spans]
+    def _items_per_ranking(self, candidates) -> int:
+        # a batch holds batch_size candidate sequences (their logits dominate memory), so fewer items
+        return max(1, self.bs // max(len(c) for c in candidates))
 
 
 def first_strictly_lowest(losses: list[float]) -> bool:
@@ -109,11 +127,9 @@ def first_strictly_lowest(losses: list[float]) -> bool:
     return len(losses) > 1 and all(losses[0] < other for other in losses[1:])
 
 
-def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int,
-               probe: Probe | None = None) -> list[dict]:
-    """Metric rows (one per item and condition) for the items of one task."""
+def _conditions(items: list[Item], controls: list[str], seed: int) -> dict[str, list]:
+    """The activations each patched condition reads, per item."""
     acts = [it.acts for it in items]
-    questions, refs = [it.question for it in items], [it.reference for it in items]
     patched: dict[str, list] = {"decoder": acts}
     if "shuffled" in controls and (perm := shuffled_sources([it.source for it in items], seed)):
         patched["shuffled"] = [acts[j] for j in perm]
@@ -121,31 +137,57 @@ def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int
         patched["zero"] = [np.zeros_like(a) for a in acts]
     if "untrained_patch" in controls:
         patched["untrained_patch"] = acts
-    results: dict[str, tuple[list[str], list[float]]] = {}
-    for condition, a in patched.items():
-        trained = condition != "untrained_patch"
-        results[condition] = (scorer.generate(a, questions, trained), scorer.losses(a, questions, refs, trained))
-    if "text_only" in controls:
-        texts = [read_text(scorer.tok, it) for it in items]
-        results["text_only"] = (scorer.text(texts, questions), scorer.text_losses(texts, questions, refs))
-    if "probe" in controls and probe is not None and items[0].task == "classification":  # the probe's classes
-        results["probe"] = (probe.predict(mean_pool(acts)), [math.nan] * len(items))
-    identified: dict[str, list] = {}
+    return patched
+
+
+def _patched_results(scorer: Scorer, items: list[Item], patched: dict[str, list], trained: bool) -> dict:
+    """{condition: (answers, reference losses, candidate losses or None)} for the conditions that share one model
+    state, all their rows in one batched pass (the reference is candidate 0 where there are candidates)."""
+    conditions = [c for c in patched if (c != "untrained_patch") == trained]
+    if not conditions:
+        return {}
+    acts = [a for c in conditions for a in patched[c]]
+    questions = [it.question for it in items] * len(conditions)
+    answers = scorer.generate(acts, questions, trained)
     if items[0].candidates:
-        for condition in results:
-            if condition == "probe":
-                continue
-            source = patched.get(condition, acts)
-            identified[condition] = _identify(scorer, items, source, condition)
+        ranked = scorer.candidate_losses(acts, questions, [it.candidates for it in items] * len(conditions), trained)
+        losses = [r[0] for r in ranked]
+    else:
+        ranked, losses = None, scorer.losses(acts, questions, [it.reference for it in items] * len(conditions), trained)
+    n = len(items)
+    return {c: (answers[k * n:(k + 1) * n], losses[k * n:(k + 1) * n], ranked and ranked[k * n:(k + 1) * n])
+            for k, c in enumerate(conditions)}
+
+
+def _text_results(scorer: Scorer, items: list[Item]) -> tuple[list[str], list[float], list | None]:
+    texts, questions = [read_text(scorer.tok, it) for it in items], [it.question for it in items]
+    answers = scorer.text(texts, questions)
+    if items[0].candidates:
+        ranked = scorer.text_candidate_losses(texts, questions, [it.candidates for it in items])
+        return answers, [r[0] for r in ranked], ranked
+    return answers, scorer.text_losses(texts, questions, [it.reference for it in items]), None
+
+
+def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int,
+               probe: Probe | None = None) -> list[dict]:
+    """Metric rows (one per item and condition) for the items of one task."""
+    assert all(it.candidates[0] == it.reference for it in items if it.candidates), "candidate 0 must be the truth"
+    patched = _conditions(items, controls, seed)
+    results = {**_patched_results(scorer, items, patched, trained=True),
+               **_patched_results(scorer, items, patched, trained=False)}
+    if "text_only" in controls:
+        results["text_only"] = _text_results(scorer, items)
+    if "probe" in controls and probe is not None and items[0].task == "classification":  # the probe's classes
+        results["probe"] = (probe.predict(mean_pool([it.acts for it in items])), [math.nan] * len(items), None)
     rows = []
-    for condition, (generated, losses) in results.items():
+    for condition, (generated, losses, ranked) in results.items():
         for k, (it, g, loss) in enumerate(zip(items, generated, losses)):
             rows.append({"task": it.task, "item_id": it.item_id, "condition": condition, "question": it.question,
                          "reference": it.reference, "generated": g, "rouge_l": rouge_l(g, it.reference),
                          "token_f1": token_f1(g, it.reference),
                          "exact": exclusive_choice(g, it.reference, it.choices) if it.choices
                          else contains_answer(g, it.reference),
-                         "loss": loss, "identified": identified[condition][k] if condition in identified else None,
+                         "loss": loss, "identified": first_strictly_lowest(ranked[k]) if ranked else None,
                          "k": len(it.candidates) if it.candidates else None})
     return rows
 

@@ -87,7 +87,9 @@ def test_score_task_shuffles_across_labels(tiny, tokenizer):
             return [1.0] * len(acts)
 
     harness.score_task(Recorder(), items, ["shuffled"], seed=3)
-    decoder, shuffled = seen["gen"]
+    (both,) = seen["gen"]  # the decoder's rows, then the shuffled ones: one model state, one pass
+    decoder, shuffled = both[:len(items)], both[len(items):]
+    assert decoder == [float(i) for i in range(len(items))]
     for own, used in zip(decoder, shuffled):
         assert items[int(own)].source != items[int(used)].source
 
@@ -217,3 +219,37 @@ def test_llm_judge_scores_through_the_openai_client_and_caches(tmp_path, monkeyp
         r.update(judge=j, rouge_l=0.0, token_f1=0.0, exact=0.0, loss=1.0, identified=None, item_id="i")
     judged = {(r["condition"], r["metric"]): r["value"] for r in summarize(rows, 0) if r["metric"] == "judge"}
     assert judged == {("decoder", "judge"): 1.0, ("zero", "judge"): 0.0}
+
+
+def test_scoring_reports_progress_per_batch(tiny, tokenizer):
+    """The evaluate stage's progress: a log line every 10% per kind of work (and a bar / Prefect artifact)."""
+    import logging
+
+    from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
+    from tasks.evaluate import read_fresh, scoring_progress
+
+    net = make_decoder(tiny.model, 4, 8, 0.0, ["q_proj", "v_proj"]).eval()
+    info = DecoderInfo("tiny", 1, 0, "?", placeholder_id(tokenizer, "?"), "system")
+    items = hidden_persona_items(PERSONAS, tokenizer, k=3, seed=0)
+    with net.disable_adapter():
+        read_fresh(net, items, 1, tokenizer.eos_token_id, batch_size=4)
+    controls = ["shuffled", "zero", "text_only"]
+    scorer = Scorer(net, tokenizer, info, batch_size=3, max_new_tokens=2,
+                    progress=scoring_progress(items, controls))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("latentqa")
+    log.addHandler(handler)
+    level, log.level = log.level, logging.INFO
+    try:
+        score_task(scorer, items, controls, seed=0)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    lines = [r.getMessage() for r in records]
+    total = len(items) * 4  # decoder + three controls
+    generated = [m for m in lines if m.startswith("evaluate: replies generated:")]
+    ranked = [m for m in lines if m.startswith("evaluate: items ranked:")]
+    assert len(generated) >= 3 and generated[-1] == f"evaluate: replies generated: {total}/{total}"
+    assert len(ranked) >= 3 and ranked[-1] == f"evaluate: items ranked: {total}/{total}"
