@@ -44,12 +44,12 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_run_config(path: Path | None, overrides: list[str]):
-    from latentqa.config import load_config, parse_config
+    from latentqa.config import load_config, parse_config, read_yaml
 
     path = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     if not overrides:
         return load_config(path) if path else parse_config({})
-    raw = yaml.safe_load(path.read_text()) if path else {}
+    raw = read_yaml(path) if path else {}
     return parse_config(_apply_overrides(raw or {}, overrides), source=str(path or "defaults"))
 
 
@@ -57,8 +57,11 @@ def _run_flow(args, flow_name: str):
     """Load and check the config, then run a flow of flows/ on it: (config, final state) or an exit code."""
     from latentqa.config import ConfigError
 
-    try:
+    from latentqa.preflight import check_run
+
+    try:  # before Prefect starts: a bad config is an error message and exit code 2, never a failed flow run
         cfg = load_run_config(args.config, args.set)
+        check_run(cfg)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return None, 2

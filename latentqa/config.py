@@ -304,7 +304,7 @@ def load_config(path: Path | str) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     catalog = raw.get("catalog") or {}
@@ -314,6 +314,17 @@ def load_config(path: Path | str) -> RunConfig:
     if isinstance(release, dict) and release.get("source") and not Path(release["source"]).is_absolute():
         release["source"] = str((path.parent / release["source"]).resolve())
     return parse_config(raw, source=str(path))
+
+
+def read_yaml(path: Path):
+    """A YAML file's content; a syntax error names the file, line and column instead of a traceback."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
 def parse_config(raw: dict, source: str = "config") -> RunConfig:

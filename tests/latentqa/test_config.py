@@ -37,12 +37,35 @@ def test_layer_beyond_depth_is_named():
     check_against_model(RunConfig(), n_layers=30)
 
 
+@pytest.mark.parametrize("text, where", [
+    ("name: x\nmodel:\n  name: [unclosed\n", "run.yaml:4:1"),
+    ("train:\n  lr: 1\n lr2: 2\n", "run.yaml:3:2"),
+    ("train: {lr: 1\n", "run.yaml:2:1"),
+])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, text, where):
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(_write(tmp_path, text))
+    assert str(err.value).split(": not valid YAML")[0].endswith(where)
+
+
+def test_cli_rejects_a_layer_beyond_the_model_with_exit_2_and_no_flow_run(tmp_path, capsys):
+    from latentqa.cli import main
+
+    assert main(["run", "--config", str(_write(tmp_path, "extract:\n  read_layers: [99]\n"))]) == 2
+    captured = capsys.readouterr()
+    assert "extract.read_layers=99 is beyond the model's depth" in captured.err
+    assert "Beginning flow run" not in captured.out + captured.err  # refused before any flow (or Prefect server)
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "llama3-8b.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "llama3-8b.yaml",
+                                  pytest.param("release.yaml", marks=pytest.mark.skipif(
+                                      not (ROOT.parent / "shared" / "latentqa_data").is_dir(),
+                                      reason="the LatentQA release is not beside the repository"))])
 def test_shipped_configs_validate(name):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.train.write_layer == 0 and cfg.extract.read_layers == [15]

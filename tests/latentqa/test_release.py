@@ -62,3 +62,26 @@ def test_release_steering_controls_load_as_pairs(imported):
         assert 5 <= len(pairs) <= 15 and persona is None
     original = next((SOURCE / "controls").glob("*.json"))
     assert len(control_pairs(SteerConfig(control=str(original)))[0]) == 15  # the release's own JSON, as is
+
+
+def test_release_config_trains_on_no_test_label_and_no_test_text():
+    """configs/release.yaml: every label of data/eval/system.json lands in eval, with none of its text trained on."""
+    import json
+    import re
+
+    from latentqa.config import load_config
+    from latentqa.release import NEUTRAL_STIMULI, release_dataset
+    from latentqa.splits import assign_splits
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "release.yaml")
+    r = cfg.release
+    data = release_dataset(r.source, [(f.path, f.heldout) for f in r.files], r.qa, r.stimulus, r.max_labels, r.seed)
+    splits = assign_splits({c["label"]: c["family"] for c in data.controls}, cfg.filter.eval_fraction,
+                           cfg.filter.seed, {c["label"]: c["category"] for c in data.controls},
+                           cfg.filter.heldout_categories)
+    test = {s["label"] for s in json.loads((SOURCE / "data" / "eval" / "system.json").read_text())}
+    assert test <= {label for label, s in splits.items() if s == "eval"}
+    norm = lambda t: re.sub(r"[^a-z0-9]+", " ", t.lower()).strip()  # noqa: E731
+    trained = {norm(d["control_user"]) for d in data.dialogs if splits[d["label"]] == "train"}
+    assert trained and not trained & {norm(d["control_user"]) for d in data.dialogs if d["label"] in test}
+    assert {d["stimulus_user"] for d in data.dialogs} <= set(NEUTRAL_STIMULI)  # the hidden prompt is not in the text
