@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python -m bench.curation
 	$(BIN)/python -m bench.padding_tolerance
 	$(BIN)/python -m bench.synthesis
+	$(BIN)/python -m bench.evaluate
 
 clean-runs:
 	rm -rf runs/

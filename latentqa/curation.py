@@ -6,7 +6,8 @@ its dialog, when its label is the first to have that pair: a pair repeated acros
 only, while a label's several dialogs (behaviours) each keep theirs), `near_dup` (a row of the same dialog with
 an earlier qa_id has answer-shingle Jaccard >= the threshold) and
 `leaks` (the question names one of its control's distinctive words). Caps (per control, per category) are
-applied after the rules, over the rows that survive them. Every drop is counted as `dropped_<rule>`.
+applied after the rules, over the rows that survive them. Every drop is counted as `dropped_<rule>`. The
+user's own rules (filter.keep_where) run in a sandboxed DuckDB without file or network access.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 
 from latentqa.config import FilterConfig
 
@@ -41,7 +43,9 @@ def default_rules(cfg: FilterConfig) -> list[Rule]:
         Rule("leaks_control_words", "leaks"),
         Rule("duplicate_qa", "dup_rank > 1"),
         Rule("near_duplicate", "near_dup"),
-        *[Rule(f"user_{name}", f"NOT coalesce(({expr}), false)") for name, expr in sorted(cfg.keep_where.items())],
+        # user rules were evaluated in the sandbox (user_rule_drops); here they only look their verdicts up
+        *[Rule(f"user_{name}", f"qa_id IN (SELECT qa_id FROM user_drops WHERE rule = '{name}')")
+          for name in sorted(cfg.keep_where)],
     ]
 
 
@@ -51,10 +55,38 @@ def reason_sql(rules: list[Rule]) -> str:
     return f"CASE {whens} ELSE NULL END"
 
 
-def validate_keep_where(keep_where: dict[str, str]) -> None:
-    """Each user rule must be one SQL boolean expression over the QA columns; raises ValueError naming it."""
+def sandbox(rows: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for user SQL (filter.keep_where, which a deployment's UI form can set): table `qa`
+    with the QA columns (and `rows`, if given), then no file system, network or extensions, locked so the SQL
+    cannot turn them back on. A rule like `qa_id IN (SELECT ... FROM read_csv('/etc/passwd'))` fails there."""
     con = duckdb.connect()
     con.execute("CREATE TABLE qa (" + ", ".join(f"{c} {t}" for c, t in QA_COLUMNS.items()) + ")")
+    if rows is not None:
+        con.register("rows_in", rows)
+        con.execute(f"INSERT INTO qa SELECT {', '.join(QA_COLUMNS)} FROM rows_in")
+        con.unregister("rows_in")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def user_rule_drops(rows: pa.Table | None, keep_where: dict[str, str]) -> pa.Table:
+    """(qa_id, rule) for every row a filter.keep_where rule drops (its condition not true), evaluated in the
+    sandbox."""
+    if not keep_where:
+        return pa.table({"qa_id": [], "rule": []}, schema=pa.schema([("qa_id", pa.string()), ("rule", pa.string())]))
+    con = sandbox(rows)
+    drops = [(qa_id, name) for name, expr in sorted(keep_where.items())
+             for (qa_id,) in con.execute(f"SELECT qa_id FROM qa WHERE NOT coalesce(({expr}), false)").fetchall()]
+    con.close()
+    return pa.table({"qa_id": [d[0] for d in drops], "rule": [d[1] for d in drops]},
+                    schema=pa.schema([("qa_id", pa.string()), ("rule", pa.string())]))
+
+
+def validate_keep_where(keep_where: dict[str, str]) -> None:
+    """Each user rule must be one SQL boolean expression over the QA columns that reads nothing else; raises
+    ValueError naming it."""
+    con = sandbox()
     for name, expr in keep_where.items():
         field = f"filter.keep_where.{name}"
         if not name.isidentifier():

@@ -41,6 +41,16 @@ def read_api_key(cfg: EndpointConfig, local: bool) -> SecretStr:
     return SecretStr(value)
 
 
+def redact(text: str, secret: str) -> str:
+    """`text` without the secret: the whole key, and any word sharing 6 or more consecutive characters with it
+    (a provider's 401 echoes a masked key such as `sk-abc1****wxyz`), become `[redacted]`."""
+    if len(secret) < 6 or not text:
+        return text
+    parts = {secret[i: i + 6] for i in range(len(secret) - 5)}
+    words = text.replace(secret, "[redacted]").split(" ")
+    return " ".join("[redacted]" if any(p in w for p in parts) else w for w in words)
+
+
 @dataclass
 class Result:
     reply: Reply | None
@@ -91,6 +101,7 @@ class LLM:
         self.budget = Budget(cfg.max_cost_usd, cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok)
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key.get_secret_value(),
                                          timeout=cfg.timeout_s, max_retries=0)
+        self._secret = api_key.get_secret_value() if api_key.get_secret_value() != "local" else ""
         self.semaphore = asyncio.Semaphore(cfg.concurrency)
 
     async def close(self) -> None:
@@ -122,8 +133,8 @@ class LLM:
                 if reason == "unsupported_format" and self.mode in FALLBACK:
                     self.mode = FALLBACK[self.mode]  # the server refused this response_format: ask with less
                     continue
-                if text is None:
-                    result.reason, result.detail = reason, detail
+                if text is None:  # the detail is stored (rejected.parquet): never with the key in it
+                    result.reason, result.detail = reason, redact(detail, self._secret)
                     return result
             else:
                 result.cached += 1
@@ -134,7 +145,7 @@ class LLM:
                 return result
             except (ValidationError, ValueError) as err:
                 error = _short(err) if isinstance(err, ValidationError) else str(err).splitlines()[0]
-                result.reason, result.detail = "schema_invalid", f"{error} | reply: {text[:200]}"
+                result.reason, result.detail = "schema_invalid", redact(f"{error} | reply: {text[:200]}", self._secret)
                 messages = [*messages, {"role": "assistant", "content": text},
                             {"role": "user", "content": RETRY.format(error=error)}]
         return result

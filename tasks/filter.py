@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from latentqa.config import FilterConfig
-from latentqa.curation import NORMALIZE_SQL, SHINGLES_SQL, default_rules, reason_sql
+from latentqa.curation import NORMALIZE_SQL, SHINGLES_SQL, default_rules, reason_sql, user_rule_drops
 from latentqa.splits import assign_splits
 from storage.duck import copy_to_parquet
 from storage.fingerprint import fingerprint
@@ -114,6 +114,8 @@ def filter_qa(cfg: FilterConfig, qa: Manifest, acts: Manifest, store: Store) -> 
         con.execute(f"SET temp_directory = '{out.dir / 'duckdb.tmp'}'")  # spills stay inside the stage directory
         con.execute("SET memory_limit = '1GB'")
         _load(con, str(store.path(qa, "qa.parquet")), dialogs, parts)
+        rows = con.execute("SELECT * FROM base").to_arrow_table() if cfg.keep_where else None
+        con.register("user_drops", user_rule_drops(rows, cfg.keep_where))  # evaluated in a sandbox
         _signals(con, cfg)
         _score(con, cfg)
         splits = _split_table(con, cfg)

@@ -78,6 +78,11 @@ class FaultServer:
                 kind = match[1] if match and n <= int(match[2]) else "ok"
                 if kind == "http429":
                     return self._send(429, {"error": {"message": "slow down"}}, [("Retry-After", "0")])
+                if kind in ("http401", "http401full"):  # as providers answer a wrong key: part of it echoed back
+                    auth = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    shown = auth if kind == "http401full" else f"{auth[:8]}{'*' * 12}{auth[-4:]}"
+                    return self._send(401, {"error": {"message": f"Incorrect API key provided: {shown}. You can "
+                                                                 "find your API key at the dashboard."}})
                 if kind == "http500":
                     return self._send(500, {"error": {"message": "boom"}})
                 if kind == "hang":

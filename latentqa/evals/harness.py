@@ -64,7 +64,7 @@ def _batched(fn, n: int, size: int, *columns, done: Callable[[int], None] | None
 class Scorer:
     """Answers and losses for one decoder (a peft model: the adapter off gives the untrained model).
 
-    `progress(what, n)` is told of every batch done: "replies generated", "answers scored", "candidates ranked"."""
+    `progress(what, n)` is told of every batch done: "replies generated", "answers scored", "items ranked"."""
 
     def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int,
                  progress: Callable[[str, int], None] | None = None):

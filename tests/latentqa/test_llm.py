@@ -58,6 +58,28 @@ def test_rerun_sends_nothing_for_stored_replies(tmp_path):
     assert all(r.cached == 1 and r.sent == 0 for r in second)
 
 
+def test_a_rejected_key_echoed_in_an_error_never_reaches_the_stored_detail(monkeypatch, tmp_path):
+    key = "sk-proj-Zq81xKeyThatMustNotLeak7731"
+    monkeypatch.setenv("LATENTQA_TEST_KEY", key)
+    endpoint = EndpointConfig(base_url="http://x", model_id="m", api_key_env="LATENTQA_TEST_KEY", max_retries=0)
+
+    async def go(url):
+        llm = LLM(endpoint, url, read_api_key(endpoint, local=False), RequestCache(tmp_path / "r.sqlite"),
+                  request_key, backoff_s=0.01)
+        try:
+            return await asyncio.gather(*(llm.complete(_msgs(t), dialog_reply(80), {}) for t in
+                                          ("fault=http401x9", "fault=http401fullx9")))
+        finally:
+            await llm.close()
+
+    with FaultServer(REPLY) as server:
+        results = asyncio.run(go(server.base_url))
+    assert [r.reason for r in results] == ["http_401", "http_401"]
+    for r in results:
+        assert "Incorrect API key" in r.detail and "[redacted]" in r.detail
+        assert key not in r.detail and key[:8] not in r.detail and key[-4:] + "." not in r.detail, r.detail
+
+
 def test_api_key_comes_from_the_named_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("LATENTQA_TEST_KEY", "sk-test-secret-123")
     endpoint = EndpointConfig(base_url="http://127.0.0.1:1/v1", api_key_env="LATENTQA_TEST_KEY")

@@ -48,8 +48,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_model_dir):
     assert not (partial / "manifest.json").exists()
     done_before = sorted(p.name for p in partial.glob("part-*.parquet"))
     assert 2 <= len(done_before) < reference.counts["n_parts"]
+    written = {name: (partial / name).stat().st_mtime_ns for name in done_before}
 
     resumed = extract.fn(cfg, model, synth, kill_store)
+    # only the missing parts were computed; the finished ones were kept as they were, not rewritten
+    assert resumed.summary["parts_computed"] == reference.counts["n_parts"] - len(done_before)
+    assert {n: kill_store.path(resumed, n).stat().st_mtime_ns for n in done_before} == written
     assert [(f.path, f.sha256) for f in resumed.files] == [(f.path, f.sha256) for f in reference.files]
     assert resumed.counts == reference.counts
     for f in reference.files:

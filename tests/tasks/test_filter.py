@@ -118,6 +118,30 @@ def test_invalid_user_rule_is_named(expr, message):
     validate_keep_where({"ok": "length(answer) < 200 AND family = 'persona'"})
 
 
+@pytest.mark.parametrize("expr", [
+    "qa_id NOT IN (SELECT column0 FROM read_csv('/etc/hostname'))",
+    "answer NOT IN (SELECT content FROM read_text('/etc/passwd'))",
+    "(SELECT count(*) FROM read_parquet('/tmp/*.parquet')) >= 0",
+    "(SELECT count(*) FROM glob('/etc/*')) >= 0",
+])
+def test_user_rules_cannot_read_files(tmp_path, expr):
+    """A rule is a condition on the QA row, nothing more: table functions that read the disk are refused."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("column0\nx\n")
+    expr = expr.replace("/etc/hostname", str(secret))
+    with pytest.raises(ValueError, match="filter.keep_where.sneaky: .*(disabled by configuration|Permission)"):
+        validate_keep_where({"sneaky": expr})
+    from latentqa.curation import user_rule_drops  # the stage's own evaluation is sandboxed as well
+    import duckdb
+    import pyarrow as pa
+
+    rows = pa.table({c: ["x"] for c in ("qa_id", "dialog_id", "label", "family", "category", "kind", "question",
+                                        "answer")})
+    with pytest.raises(duckdb.PermissionException):
+        user_rule_drops(rows, {"sneaky": expr})
+    assert user_rule_drops(rows, {"ok": "answer = 'y'"}).to_pylist() == [{"qa_id": "x", "rule": "ok"}]
+
+
 @pytest.mark.slow
 def test_one_million_rows_in_under_2_gb(tmp_path):
     import subprocess
