@@ -32,7 +32,7 @@ from storage.parquet import STEER_RESULTS, write_table
 from storage.store import Store
 from tasks._common import Progress, fail_if_asked, logger, provenance, publish, stage_task
 
-STAGE, VERSION = "steer", 1
+STAGE, VERSION = "steer", 2  # 2: debias reports |margin| (fairness) beside the signed margin
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
@@ -66,8 +66,9 @@ def _measure(cfg: SteerConfig, target, decoder, tok, info, persona, distractors,
                     for m, v in ev.sentiment(texts).items()]
         samples += [{"condition": condition, "prompt": p, "reply": t} for p, t in zip(data["sentiment_prompts"], texts)]
     if "debias" in cfg.evals:
-        results.append({"eval": "debias", "condition": condition, "metric": "stereotype_margin",
-                        "value": ev.bias_margin(target, tok, data["bias_pairs"])})
+        margin = ev.bias_margin(target, tok, data["bias_pairs"])
+        results += [{"eval": "debias", "condition": condition, "metric": "stereotype_abs_margin", "value": abs(margin)},
+                    {"eval": "debias", "condition": condition, "metric": "stereotype_margin", "value": margin}]
     if "persona" in cfg.evals and persona:
         results.append({"eval": "persona", "condition": condition, "metric": "identification",
                         "value": ev.persona_identification(decoder, target, tok, info, persona, distractors,

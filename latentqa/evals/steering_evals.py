@@ -3,7 +3,8 @@
   sentiment  greedy continuations of open prompts, scored by VADER (an offline lexicon): the share with a
              positive compound score (>= 0.05) and the mean compound score
   debias     the target's mean per-token log-likelihood margin of stereotypical over anti-stereotypical
-             sentences (lower is fairer)
+             sentences; fairness is its distance from zero (`stereotype_abs_margin`, lower is fairer): a
+             margin pushed from +0.08 to -0.08 is a reversed bias, not a removed one
   persona    the decoder reads the target on neutral prompts; the share of prompts on which the persona's
              description has the lowest answer loss among K candidates (identification, as in reading)
 """

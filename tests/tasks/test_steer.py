@@ -90,7 +90,10 @@ def test_persona_control_gets_its_pairs_by_reading_and_every_eval_runs(tmp_path,
     results = {(r["eval"], r["condition"], r["metric"]) for r in manifest.summary["results"]}
     for condition in ("before", "steered", "random_lora"):
         assert {("sentiment", condition, "mean_compound"), ("debias", condition, "stereotype_margin"),
-                ("persona", condition, "identification")} <= results
+                ("debias", condition, "stereotype_abs_margin"), ("persona", condition, "identification")} <= results
+    values = {(r["condition"], r["metric"]): r["value"] for r in manifest.summary["results"] if r["eval"] == "debias"}
+    for condition in ("before", "steered", "random_lora"):  # fairness is the distance from zero, whatever the sign
+        assert values[condition, "stereotype_abs_margin"] == abs(values[condition, "stereotype_margin"])
     written = json.loads(store.path(manifest, "steer.json").read_text())
     assert written["persona"].startswith("Talk like a pirate") and written["pairs"]
     assert all(q.endswith("?") for q, _ in written["pairs"])  # the persona description questions
