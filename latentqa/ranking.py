@@ -66,13 +66,11 @@ def decoder_candidate_losses(decoder, tokenizer, acts: list[np.ndarray], questio
                              candidates: list[list[str]], ph_id: int, write_layer: int,
                              norm_match: bool = False) -> list[list[float]]:
     """Per item, the loss of each candidate answer under the decoder with the item's activations patched in."""
-    prompts, conts = [], []
-    for a, q, cands in zip(acts, questions, candidates):
-        prompt = encode_example(tokenizer, len(a), q, None, ph_id).input_ids
-        prompts.append(prompt)
-        conts.append([encode_example(tokenizer, len(a), q, c, ph_id).input_ids[len(prompt):] for c in cands])
-    pad_id = pad_id_of(tokenizer)
     examples = [encode_example(tokenizer, len(a), q, None, ph_id) for a, q in zip(acts, questions)]
+    prompts = [e.input_ids for e in examples]
+    conts = [[encode_example(tokenizer, len(a), q, c, ph_id).input_ids[len(p):] for c in cands]
+             for a, q, cands, p in zip(acts, questions, candidates, prompts)]
+    pad_id = pad_id_of(tokenizer)
     device = next(decoder.parameters()).device
 
     def patch(width: int):
