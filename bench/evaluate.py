@@ -185,23 +185,11 @@ class TimedScorer(Scorer):
         self.timer[kind] += time.perf_counter() - t0
         return out
 
-    def generate(self, *a):
-        return self._timed("generate", super().generate, *a)
 
-    def text(self, *a):
-        return self._timed("generate", super().text, *a)
-
-    def losses(self, *a):
-        return self._timed("score", super().losses, *a)
-
-    def text_losses(self, *a):
-        return self._timed("score", super().text_losses, *a)
-
-    def candidate_losses(self, *a):
-        return self._timed("score", super().candidate_losses, *a)
-
-    def text_candidate_losses(self, *a):
-        return self._timed("score", super().text_candidate_losses, *a)
+# each Scorer method, timed as generation or as loss scoring
+for _name, _kind in [("generate", "generate"), ("text", "generate"), ("losses", "score"), ("text_losses", "score"),
+                     ("candidate_losses", "score"), ("text_candidate_losses", "score")]:
+    setattr(TimedScorer, _name, lambda self, *a, _n=_name, _k=_kind: self._timed(_k, getattr(Scorer, _n).__get__(self), *a))
 
 
 def main() -> None:

@@ -71,13 +71,14 @@ def hidden_persona_items(personas: list[dict], tokenizer, k: int, seed: int) -> 
     out = []
     if len(personas) < 2:  # nothing to tell the true persona from
         return out
+    described = {q["label"]: describe("persona", q["text"])[1] for q in personas}  # once, not once per persona
     for p in personas:
-        others = [describe("persona", q["text"])[1] for q in personas if q["label"] != p["label"]]
+        others = [d for label, d in described.items() if label != p["label"]]
         distractors = rng.sample(others, min(k - 1, len(others)))
         dialog = {"control_user": p["text"], "control_model": "", "stimulus_user": p["stimulus_user"],
                   "stimulus_model": ""}
         enc = encode_dialog(tokenizer, dialog, "system")
-        truth = describe("persona", p["text"])[1]
+        truth = described[p["label"]]
         out.append(Item("hidden_persona", p["label"], PERSONA_QUESTION, truth, enc.token_ids, enc.n_prefix,
                         candidates=[truth, *distractors], source=p["label"]))
     return out
