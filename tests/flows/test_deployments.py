@@ -65,8 +65,13 @@ class Served:
 
     def task_states(self, flow_run_id: UUID) -> dict[str, str]:
         """{task name: state of its newest task run} of one flow run."""
+        deadline = time.monotonic() + 60  # task states reach the server through events, after the flow run's
         with self.settings(), self.client() as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            while True:
+                runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
         newest: dict[str, object] = {}
         for r in sorted(runs, key=lambda r: r.created):
             newest[r.name.rsplit("-", 1)[0]] = r  # run names are "<task>-<suffix>"

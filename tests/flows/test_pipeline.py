@@ -1,6 +1,7 @@
 """The whole flow on the tiny model under a Prefect test server: cached reruns, precise invalidation, lineage."""
 
 import shutil
+import time
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -16,9 +17,20 @@ STAGES = {"catalog", "synthesize", "extract", "filter", "train", "evaluate"}
 
 
 def task_states(state) -> dict[str, list[str]]:
-    """{task name: [final state names]} of one flow run, read back through the Prefect API."""
+    """{task name: [final state names]} of one flow run, read back through the Prefect API.
+
+    Task states reach the server through events, a moment after the flow returns, so this waits until
+    every stage's task run is there and final (CI once read a cached evaluate while its state was still on its way)."""
+    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        while True:
+            runs = client.read_task_runs(flow_run_filter=flow_filter)
+            seen = {r.name.rsplit("-", 1)[0] for r in runs}
+            final = all(r.state and r.state.is_final() for r in runs)
+            if (final and STAGES <= seen) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     states: dict[str, list[str]] = {}
     for r in runs:  # run names are "<task>-<suffix>"
         states.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
