@@ -13,7 +13,8 @@ import asyncio
 import json
 import os
 import random
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import openai
@@ -64,28 +65,63 @@ class Result:
         return self.reply is not None
 
 
+class Ledger:
+    """New spend of one run, shared by every client the run opens (catalog generation, synthesis, the judge),
+    so that endpoint.max_cost_usd caps the run, not each stage. Thread-safe: stages may share a process."""
+
+    def __init__(self):
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.lock = threading.Lock()
+
+
 @dataclass
 class Budget:
-    """Spend control: a request is sent only if its worst case (prompt estimate plus max_tokens) still fits."""
+    """Spend control of one client: a request is sent only if its worst case (prompt estimate plus max_tokens)
+    still fits under the cap on top of what the run has spent and reserved. Reservation happens when a request
+    is about to be sent (inside the concurrency slot), not when it is queued, so queued requests block nothing."""
 
     max_usd: float | None = None
     prompt_per_mtok: float = 0.0
     completion_per_mtok: float = 0.0
-    spent: float = 0.0
-    reserved: float = 0.0
+    ledger: Ledger = field(default_factory=Ledger)
+    spent: float = 0.0  # by this client
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.prompt_per_mtok + completion_tokens * self.completion_per_mtok) / 1e6
 
-    def reserve(self, usd: float) -> bool:
-        if self.max_usd is not None and self.spent + self.reserved + usd > self.max_usd:
-            return False
-        self.reserved += usd
-        return True
+    def reserve(self, usd: float) -> bool | None:
+        """True: reserved. False: it cannot fit even when everything in flight settles. None: wait and ask again
+        (requests in flight reserved their worst case; most will settle for less)."""
+        with self.ledger.lock:
+            if self.max_usd is not None and self.ledger.spent + self.ledger.reserved + usd > self.max_usd:
+                return None if self.ledger.reserved > 0 and self.ledger.spent + usd <= self.max_usd else False
+            self.ledger.reserved += usd
+            return True
+
+    async def acquire(self, usd: float) -> bool:
+        while (verdict := self.reserve(usd)) is None:
+            await asyncio.sleep(0.005)
+        return verdict
 
     def settle(self, reserved: float, actual: float) -> None:
-        self.reserved -= reserved
+        with self.ledger.lock:
+            self.ledger.reserved -= reserved
+            self.ledger.spent += actual
         self.spent += actual
+
+
+class BudgetExceeded(RuntimeError):
+    """A stage stopped at the spend cap; it must not commit, so that a rerun with a higher cap completes it."""
+
+
+def stop_if_over_budget(results: list[Result], llm: LLM, stage: str) -> None:
+    stopped = sum(r.reason == "budget_exceeded" for r in results)
+    if stopped:
+        raise BudgetExceeded(
+            f"{stage} stopped at endpoint.max_cost_usd={llm.budget.max_usd}: the run spent "
+            f"${llm.budget.ledger.spent:.4f}, {stopped} requests not sent. Every reply paid for is kept in "
+            "requests.sqlite; raise the cap and rerun to send only the rest")
 
 
 FALLBACK = {"json_schema": "json_object", "json_object": "none"}
@@ -95,10 +131,11 @@ class LLM:
     """An async structured-output client bound to one endpoint and model."""
 
     def __init__(self, cfg: EndpointConfig, base_url: str, api_key: SecretStr, cache: ResponseCache,
-                 key_fn, backoff_s: float = 1.0):
+                 key_fn, backoff_s: float = 1.0, ledger: Ledger | None = None):
         self.cfg, self.cache, self.key_fn, self.backoff_s = cfg, cache, key_fn, backoff_s
         self.model, self.mode = cfg.served_model, cfg.structured_output
-        self.budget = Budget(cfg.max_cost_usd, cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok)
+        self.budget = Budget(cfg.max_cost_usd, cfg.price_prompt_per_mtok, cfg.price_completion_per_mtok,
+                             ledger or Ledger())
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key.get_secret_value(),
                                          timeout=cfg.timeout_s, max_retries=0)
         self._secret = api_key.get_secret_value() if api_key.get_secret_value() != "local" else ""
@@ -155,36 +192,37 @@ class LLM:
         cache here, as soon as it arrives, with its token counts."""
         reason, detail = "unknown", ""
         worst = self.budget.cost(len(json.dumps(body["messages"])) // 3, body.get("max_tokens") or 1024)
-        if not self.budget.reserve(worst):
-            return None, "budget_exceeded", f"endpoint.max_cost_usd={self.budget.max_usd} reached", 0
         for attempt in range(self.cfg.max_retries + 1):
             wait = None
-            try:
-                async with self.semaphore:
+            async with self.semaphore:
+                if not await self.budget.acquire(worst):
+                    return None, "budget_exceeded", f"endpoint.max_cost_usd={self.budget.max_usd} reached", attempt
+                try:
                     response = await self.client.chat.completions.create(**body)
-                text, usage = response.choices[0].message.content or "", response.usage
-                n_in, n_out = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-                self.budget.settle(worst, self.budget.cost(n_in, n_out))
-                self.cache.put(self.key_fn(body), self.model, text, n_in, n_out)
-                return text, "ok", "", attempt + 1
-            except openai.APITimeoutError as err:
-                reason, detail = "timeout", str(err)
-            except openai.RateLimitError as err:
-                reason, detail, wait = "http_429", str(err)[:200], _retry_after(err)
-            except openai.APIStatusError as err:
-                if err.status_code == 400 and "response_format" in str(err):
-                    self.budget.settle(worst, 0.0)
-                    return None, "unsupported_format", str(err)[:200], attempt + 1
-                if err.status_code < 500:
-                    self.budget.settle(worst, 0.0)
-                    return None, f"http_{err.status_code}", str(err)[:200], attempt + 1
-                reason, detail, wait = "http_5xx", str(err)[:200], _retry_after(err)
-            except openai.APIConnectionError as err:
-                reason, detail = "connection", str(err)[:200]
-            if attempt < self.cfg.max_retries:
+                except openai.APITimeoutError as err:
+                    reason, detail = "timeout", str(err)
+                except openai.RateLimitError as err:
+                    reason, detail, wait = "http_429", str(err)[:200], _retry_after(err)
+                except openai.APIStatusError as err:
+                    if err.status_code == 400 and "response_format" in str(err):
+                        self.budget.settle(worst, 0.0)
+                        return None, "unsupported_format", str(err)[:200], attempt + 1
+                    if err.status_code < 500:
+                        self.budget.settle(worst, 0.0)
+                        return None, f"http_{err.status_code}", str(err)[:200], attempt + 1
+                    reason, detail, wait = "http_5xx", str(err)[:200], _retry_after(err)
+                except openai.APIConnectionError as err:
+                    reason, detail = "connection", str(err)[:200]
+                else:
+                    text, usage = response.choices[0].message.content or "", response.usage
+                    n_in, n_out = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+                    self.budget.settle(worst, self.budget.cost(n_in, n_out))
+                    self.cache.put(self.key_fn(body), self.model, text, n_in, n_out)
+                    return text, "ok", "", attempt + 1
+                self.budget.settle(worst, 0.0)  # a failed attempt is not billed
+            if attempt < self.cfg.max_retries:  # back off outside the slot: others may send meanwhile
                 delay = wait if wait is not None else self.backoff_s * 2 ** attempt
                 await asyncio.sleep(delay * (1 + 0.25 * random.random()))
-        self.budget.settle(worst, 0.0)
         return None, reason, detail, self.cfg.max_retries + 1
 
 

@@ -24,12 +24,13 @@ from prefect.assets import Asset, AssetProperties
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.tasks import MaterializingTask
 from prefect.transactions import get_transaction
 
 from latentqa.config import EndpointConfig
 from latentqa.decoder import encode_example
-from latentqa.llm import LLM, read_api_key
+from latentqa.llm import LLM, Ledger, read_api_key
 from latentqa.server import serving
 from storage.manifest import Manifest
 from storage.parquet import SPLIT, ActivationReader, read_table
@@ -112,6 +113,17 @@ def fail_if_asked(stage: str) -> None:
         raise RuntimeError(f"{stage}: failing on purpose (LATENTQA_TEST_FAIL, flag {flag} exists)")
 
 
+_LEDGERS: dict[str, Ledger] = {}
+
+
+def run_ledger() -> Ledger:
+    """The spend ledger of the current flow run: one cap for all its stages' clients (a fresh one outside a run)."""
+    run_id = runtime_flow_run.id
+    if run_id is None:
+        return Ledger()
+    return _LEDGERS.setdefault(run_id, Ledger())
+
+
 @contextmanager
 def endpoint_client(endpoint: EndpointConfig, store: Store) -> Iterator[LLM]:
     """The structured LLM client of `endpoint` (the project's own server when it has no base_url), with replies
@@ -119,7 +131,8 @@ def endpoint_client(endpoint: EndpointConfig, store: Store) -> Iterator[LLM]:
     cache = RequestCache(store.root / "requests.sqlite")
     try:
         with serving(endpoint) as base_url:
-            yield LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key)
+            yield LLM(endpoint, base_url, read_api_key(endpoint, local=not endpoint.base_url), cache, request_key,
+                      ledger=run_ledger())
     finally:
         cache.close()
 

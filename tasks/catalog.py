@@ -16,7 +16,7 @@ from typing import Any
 
 from latentqa.catalog import Control, accept_new, builtin_paths, load_controls, sample_controls
 from latentqa.config import CatalogConfig, EndpointConfig
-from latentqa.llm import run_all
+from latentqa.llm import run_all, stop_if_over_budget
 from latentqa.prompts import generate_controls_messages
 from latentqa.schemas import controls_reply
 from storage.fingerprint import file_sha256, fingerprint
@@ -51,6 +51,7 @@ def generate(cfg: CatalogConfig, endpoint: EndpointConfig, catalog: list[Control
     with endpoint_client(endpoint, store) as llm:
         results = run_all(llm, [llm.complete(generate_controls_messages(f, cat, [c.text for c in seeds], n, chars),
                                              controls_reply(n, chars), params) for (f, cat), seeds in groups.items()])
+        stop_if_over_budget(results, llm, "catalog generation")
     candidates, rejected = [], []
     for ((family, category), _), result in zip(groups.items(), results):
         if not result.ok:

@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from latentqa.config import EndpointConfig, SynthesizeConfig
-from latentqa.llm import LLM, Result, run_all
+from latentqa.llm import LLM, Result, run_all, stop_if_over_budget
 from latentqa.prompts import answers_messages, description_questions, dialog_messages, implications_messages
 from latentqa.schemas import answers_reply, dialog_reply, implications_reply
 from storage.fingerprint import fingerprint
@@ -86,7 +86,7 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
     rows = read_table(store.path(controls, "controls.parquet"), CONTROLS).to_pylist()
     with store.open_stage(STAGE, fp) as out, endpoint_client(endpoint, store) as llm:
         results = _run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded"))
-        _check_budget(results, llm)
+        stop_if_over_budget([r for calls, _ in results for r in calls.values()], llm, STAGE)
         dialogs, qa, rejected = [], [], []
         for control, (calls, questions) in zip(rows, results):
             for acc, new in zip((dialogs, qa, rejected), _rows(control, calls, questions)):
@@ -109,15 +109,6 @@ def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manife
                           n["dialogs.parquet"], n["qa.parquet"], len({r["label"] for r in rejected}), sent, cached)
     publish(manifest, store)
     return manifest
-
-
-def _check_budget(results, llm: LLM) -> None:
-    stopped = sum(r.reason == "budget_exceeded" for calls, _ in results for r in calls.values())
-    if stopped:
-        raise RuntimeError(
-            f"synthesize stopped at endpoint.max_cost_usd={llm.budget.max_usd}: spent ${llm.budget.spent:.4f}, "
-            f"{stopped} requests not sent. Every reply paid for is kept in requests.sqlite; raise the cap and rerun "
-            "to send only the rest")
 
 
 def _reason_counts(rejected: list[dict]) -> dict[str, int]:

@@ -6,7 +6,7 @@ nothing twice; a reply that fails its schema after the retries counts as missing
 
 from __future__ import annotations
 
-from latentqa.llm import LLM, run_all
+from latentqa.llm import LLM, run_all, stop_if_over_budget
 from latentqa.prompts import judge_messages
 from latentqa.schemas import judge_reply
 
@@ -18,8 +18,8 @@ def judge_rows(llm: LLM, rows: list[dict]) -> list[float | None]:
     async def one(r):
         if r["condition"] == "probe":
             return None
-        result = await llm.complete(judge_messages(r["question"], r["reference"], r["generated"]), judge_reply(),
-                                    params)
-        return float(result.reply.score) if result.ok else None
+        return await llm.complete(judge_messages(r["question"], r["reference"], r["generated"]), judge_reply(), params)
 
-    return run_all(llm, [one(r) for r in rows])
+    results = run_all(llm, [one(r) for r in rows])
+    stop_if_over_budget([r for r in results if r is not None], llm, "judge")
+    return [float(r.reply.score) if r is not None and r.ok else None for r in results]

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from latentqa.config import EndpointConfig
-from latentqa.llm import LLM, read_api_key
+from latentqa.llm import LLM, Ledger, read_api_key
 from latentqa.schemas import dialog_reply
 from storage.requests import RequestCache, request_key
 from tests.fault_server import FaultServer
@@ -13,11 +13,12 @@ from tests.fault_server import FaultServer
 REPLY = {"control_model": "Sure.", "stimulus_user": "Hi there!", "stimulus_model": "Arr, hello!"}
 
 
-def _run(server_url, cache, messages_list, **cfg):
+def _run(server_url, cache, messages_list, ledger=None, **cfg):
     endpoint = EndpointConfig(base_url=server_url, model_id="m", timeout_s=cfg.pop("timeout_s", 5), **cfg)
 
     async def go():
-        llm = LLM(endpoint, server_url, read_api_key(endpoint, local=True), cache, request_key, backoff_s=0.01)
+        llm = LLM(endpoint, server_url, read_api_key(endpoint, local=True), cache, request_key, backoff_s=0.01,
+                  ledger=ledger)
         try:
             return await asyncio.gather(*(llm.complete(m, dialog_reply(80), {"temperature": 0}) for m in messages_list))
         finally:
@@ -128,13 +129,27 @@ def test_unsupported_response_format_falls_back(tmp_path):
 
 def test_budget_stops_new_spend_and_keeps_what_was_paid(tmp_path):
     cache = RequestCache(tmp_path / "r.sqlite")
-    # each reply costs (100 * 10 + 50 * 20) / 1e6 = $0.002; a request reserves its worst case first (1024 tokens)
+    # each reply costs (100 * 10 + 50 * 20) / 1e6 = $0.002; a request reserves its worst case (1024 completion
+    # tokens, ~$0.021) when it is about to be sent, so the cap of $0.05 pays for 14 or 15 replies, not the 2
+    # that fit when all 20 queued requests reserved at once
     prices = {"price_prompt_per_mtok": 10.0, "price_completion_per_mtok": 20.0}
     with FaultServer(REPLY) as server:
-        results = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(20)], concurrency=1,
+        results = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(20)], concurrency=4,
                        max_cost_usd=0.05, **prices)
         paid = [r for r in results if r.ok]
-        assert 0 < len(paid) < 20 and server.requests == len(paid)
+        assert 14 <= len(paid) <= 15 and server.requests == len(paid)
         assert {r.reason for r in results if not r.ok} == {"budget_exceeded"}
         again = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(20)], concurrency=1, **prices)
     assert all(r.ok for r in again) and server.requests == 20  # the rerun sent only what was not paid for
+
+
+def test_one_budget_for_every_client_of_a_run(tmp_path):
+    cache, ledger = RequestCache(tmp_path / "r.sqlite"), Ledger()
+    prices = {"price_prompt_per_mtok": 10.0, "price_completion_per_mtok": 20.0, "max_cost_usd": 0.05}
+    with FaultServer(REPLY) as server:
+        first = _run(server.base_url, cache, [_msgs(f"a{i}") for i in range(20)], ledger=ledger, **prices)
+        second = _run(server.base_url, cache, [_msgs(f"b{i}") for i in range(20)], ledger=ledger, **prices)
+    n_first, n_second = sum(r.ok for r in first), sum(r.ok for r in second)
+    assert n_first >= 14 and n_second <= 5  # the second client (say, the judge) finds the run's cap mostly spent
+    assert ledger.spent == pytest.approx(0.002 * (n_first + n_second)) and ledger.spent <= 0.05
+    assert ledger.reserved == pytest.approx(0.0)

@@ -67,3 +67,29 @@ def test_generation_adds_new_controls_and_records_the_duplicates(tmp_store, monk
     assert manifest.counts["n_generated"] == n_categories and manifest.counts["generated_rejected_duplicate_text"] == n_categories
     with pytest.raises(ValueError, match="needs an endpoint"):
         load_catalog.fn(CatalogConfig(families=["goal"], generate_per_category=1), tmp_store)
+
+
+@pytest.mark.slow
+def test_generation_stopped_by_the_cap_commits_nothing_and_a_higher_cap_completes_it(tmp_store, monkeypatch):
+    from latentqa.llm import BudgetExceeded
+    from tasks.catalog import fingerprint_of
+
+    cfg = CatalogConfig(families=["scenario"], generate_per_category=2)
+    n_categories = len({c.category for c in load_controls(builtin_paths(), ["scenario"])})
+    # a reply costs 50 completion tokens = $0.05; a request's worst case (its max_tokens) is several times that,
+    # so a $0.4 cap pays for a few categories, not all
+    prices = {"price_prompt_per_mtok": 0.0, "price_completion_per_mtok": 1000.0}
+    monkeypatch.setenv("LATENTQA_TEST_KEY", "k")
+    with FaultServer(_generated) as server:
+        def endpoint(cap):
+            return EndpointConfig(base_url=server.base_url, model_id="m", api_key_env="LATENTQA_TEST_KEY",
+                                  structured_output="json_schema", max_cost_usd=cap, **prices)
+
+        with pytest.raises(BudgetExceeded, match="catalog generation stopped at endpoint.max_cost_usd=0.4"):
+            load_catalog.fn(cfg, tmp_store, endpoint(0.4))
+        paid = server.requests
+        assert 0 < paid < n_categories
+        assert tmp_store.finished("catalog", fingerprint_of({"cfg": cfg, "endpoint": endpoint(0.4)})) is None
+        manifest = load_catalog.fn(cfg, tmp_store, endpoint(100.0))
+    assert server.requests == n_categories  # the rerun sent only the categories not paid for
+    assert manifest.counts["n_generated"] == n_categories
