@@ -16,6 +16,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Iterator
 
+from storage import PROTOCOL_VERSION
 from storage.fingerprint import FP_CHARS, file_sha256
 from storage.manifest import FileEntry, InputRef, Manifest
 
@@ -37,7 +38,12 @@ def read_manifest(stage_dir: Path) -> Manifest:
     path = stage_dir / MANIFEST
     if not path.is_file():
         raise StoreError(f"{stage_dir} has no {MANIFEST}: it is not a finished stage directory (rerun the stage)")
-    return Manifest.model_validate_json(path.read_text())
+    manifest = Manifest.model_validate_json(path.read_text())
+    if manifest.protocol != PROTOCOL_VERSION:  # another layout: its files may not mean what this code reads
+        raise StoreError(f"{path} was written under storage protocol {manifest.protocol}; this code reads protocol "
+                         f"{PROTOCOL_VERSION} (storage/PROTOCOL.md). Use a fresh storage.root, or the code of that "
+                         "protocol to read it")
+    return manifest
 
 
 @contextmanager
