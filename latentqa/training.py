@@ -2,13 +2,15 @@
 
 Everything a resumed run needs is returned as tensors plus JSON-able metadata (adapter weights, optimizer
 moments, scheduler position, RNG states, data position), so a checkpoint is a safetensors file, not a pickle.
-The data order of an epoch is a function of (seed, epoch), so the data position is just two integers.
+The data order of an epoch is a function of (seed, epoch), so the data position is just two integers, and the
+dropout of each micro-batch is a function of (seed, epoch, micro-batch index).
 Under data parallelism (latentqa/distributed.py) each of W processes runs this same loop on every W-th batch of
 a step; rank 0 evaluates, logs and checkpoints (with every rank's RNG state).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,6 +35,13 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch
         batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def micro_batch_seed(seed: int, epoch: int, index: int) -> int:
+    """The RNG seed (LoRA dropout) of one micro-batch: a function of the data, not of the process that runs it,
+    so N data-parallel processes train the adapter one process trains, dropout included."""
+    digest = hashlib.sha256(f"{seed}:{epoch}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def total_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -139,6 +148,7 @@ def fit(decoder, train: tuple[list, list], held_out: tuple[list, list], cfg: Tra
         while pos.batch + cfg.grad_accum <= len(batches) and pos.step < total:
             mine = batches[pos.batch + rank: pos.batch + cfg.grad_accum: world]
             for k, idx in enumerate(mine):
+                torch.manual_seed(micro_batch_seed(cfg.seed, pos.epoch, pos.batch + rank + k * world))
                 batch = collate([examples[i] for i in idx], [views[i] for i in idx], pad_id, device, cfg.norm_match)
                 with _sync_unless(replica, last=k == len(mine) - 1):
                     loss = batch_loss(decoder, batch, cfg.write_layer, forward)

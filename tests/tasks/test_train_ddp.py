@@ -15,7 +15,7 @@ from tasks.train import train
 from tests.tasks.helpers import run_and_kill
 from tests.tasks.test_train import make_inputs
 
-CFG = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], batch_size=2,
+CFG = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], batch_size=2,
                   grad_accum=2, epochs=2, lr=1e-3, checkpoint_every=2, eval_every=3, warmup_steps=1)
 
 
@@ -28,7 +28,8 @@ def test_two_processes_take_the_step_one_process_takes(tmp_path, tiny_model_dir)
     one, two = Store(tmp_path / "one"), Store(tmp_path / "two")
     single = train.fn(CFG.model_copy(update={"processes": 1}), model, *make_inputs(one, model, n=16), one)
     ddp = train.fn(CFG.model_copy(update={"processes": 2}), model, *make_inputs(two, model, n=16), two)
-    assert ddp.fingerprint == single.fingerprint  # processes is a speed knob: same cache entry
+    assert ddp.fingerprint == single.fingerprint  # processes is a speed knob: same cache entry, same adapter
+    assert CFG.lora_dropout > 0  # dropout is on: its masks are a function of the micro-batch, not of the rank
     assert (single.summary["processes"], ddp.summary["processes"]) == (1, 2)
     assert ddp.counts["n_steps"] == single.counts["n_steps"] >= 6
     a, b = _adapter(one, single), _adapter(two, ddp)
@@ -75,7 +76,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def test_sigkill_of_the_stage_stops_the_workers_and_the_rerun_resumes(tmp_path, tiny_model_dir, monkeypatch):
     model = ModelConfig(name=str(tiny_model_dir))
-    cfg = CFG.model_copy(update={"processes": 2, "lora_dropout": 0.1})  # per-rank RNG states must resume too
+    cfg = CFG.model_copy(update={"processes": 2})
     ref_store, kill_store = Store(tmp_path / "ref"), Store(tmp_path / "killed")
     reference = train.fn(cfg, model, *make_inputs(ref_store, model, n=16), ref_store)
     split, acts = make_inputs(kill_store, model, n=16)
