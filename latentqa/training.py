@@ -138,7 +138,6 @@ def fit(decoder, train: tuple[list, list], held_out: tuple[list, list], cfg: Tra
         raise ValueError(f"train.grad_accum={cfg.grad_accum} cannot be shared by {world} processes")
     per_rank, forward = cfg.grad_accum // world, replica or decoder
     optimizer, scheduler = make_optimizer(decoder, cfg)
-    torch.manual_seed(cfg.seed + rank)
     pos = load_state(decoder, optimizer, scheduler, *resume) if resume else Position()
     total, lengths = total_steps(len(examples), cfg), [len(e.input_ids) for e in examples]
     decoder.train()
