@@ -2,7 +2,8 @@
 (import -> extract -> filter when the config has a `release` section: the LatentQA release's own data).
 
 Unchanged inputs are all cache hits (seconds). `regenerate=True` draws a fresh synthesis seed, so the LLM is
-asked again and a new version is written beside the old one; `latest` moves to it only once it is complete.
+asked again, sampling with that seed (refused at temperature 0, where a seed changes nothing), and a new
+version is written beside the old one; `latest` moves to it only once it is complete.
 One regeneration of a dataset name runs at a time (a file lock; deployments also carry a concurrency limit).
 """
 
@@ -28,6 +29,9 @@ from tasks.synthesize import synthesize
 
 def fresh_generation(cfg: RunConfig) -> RunConfig:
     """The same config with a new synthesis seed: new requests, new data, new fingerprints downstream."""
+    if cfg.synthesize.temperature == 0:  # greedy decoding ignores the seed: a "new" version would repeat the old
+        raise ValueError("regenerate=true needs sampling, but synthesize.temperature is 0 (greedy): a new seed would "
+                         "send new requests and get the same dialogs back. Set synthesize.temperature > 0 (e.g. 0.7)")
     seed = secrets.randbelow(2**31)
     logger().info("regenerate: synthesize.seed %d -> %d", cfg.synthesize.seed, seed)
     return cfg.model_copy(update={"synthesize": cfg.synthesize.model_copy(update={"seed": seed})})
@@ -47,8 +51,8 @@ def dialogs_and_qa(cfg: RunConfig, store: Store, regenerate: bool) -> tuple[Mani
 
 def build_dataset(cfg: RunConfig, store: Store, regenerate: bool = False) -> dict[str, Manifest]:
     """The dataset chain under the dataset's writer lock; returns the stage manifests by role."""
+    cfg = fresh_generation(cfg) if regenerate and cfg.release is None else cfg  # refused before anything is written
     with writer(store, cfg.name, on_wait=logger().info):
-        cfg = fresh_generation(cfg) if regenerate and cfg.release is None else cfg
         controls, synth = dialogs_and_qa(cfg, store, regenerate)
         acts = extract(cfg.extract, cfg.model, synth, store)
         split = filter_qa(cfg.filter, synth, acts, store)

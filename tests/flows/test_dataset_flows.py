@@ -1,5 +1,6 @@
 """regenerate-dataset, train-decoder and evaluate as separate flows on the tiny model (Prefect test server)."""
 
+import pyarrow.parquet as pq
 import pytest
 
 from flows.dataset import regenerate_dataset
@@ -19,8 +20,17 @@ def _run(flow, *args, **kwargs):
     return state, stage_states(task_states(state))
 
 
+def _dialogs(store, version) -> list[tuple[str, str]]:
+    table = pq.read_table(store.root / version["stages"]["synthesize"]["dir"] / "dialogs.parquet")
+    return sorted(zip(table.column("stimulus_user").to_pylist(), table.column("stimulus_model").to_pylist()))
+
+
 def test_regeneration_versions_latest_and_downstream_flows(prefect_harness, tiny_model_dir, tmp_path):
-    cfg = tiny_config(tmp_path / "store", tiny_model_dir)
+    greedy = tiny_config(tmp_path / "store", tiny_model_dir)
+    with pytest.raises(ValueError, match="synthesize.temperature is 0"):
+        regenerate_dataset.fn(greedy, regenerate=True)  # refused before any stage runs
+    assert not list((tmp_path / "store").glob("*/*"))
+    cfg = greedy.model_copy(update={"synthesize": greedy.synthesize.model_copy(update={"temperature": 1.0})})
     store = Store(cfg.storage.root, cfg.name)
     with pytest.raises(LookupError, match="no complete version"):
         train_decoder.fn(cfg)  # nothing to train on yet: the error says what to run
@@ -40,6 +50,7 @@ def test_regeneration_versions_latest_and_downstream_flows(prefect_harness, tiny
     assert second["version"] != first["version"] and second["synthesize_seed"] != cfg.synthesize.seed
     assert [v["version"] for v in datasets.versions(store, cfg.name)] == [second["version"], first["version"]]
     assert store.finished("filter", first["version"]) is not None  # the old version is still there
+    assert _dialogs(store, second) != _dialogs(store, first)  # new content, not only a new version id
 
     with pytest.raises(LookupError, match="run train-decoder first"):
         evaluate_decoder.fn(cfg)
