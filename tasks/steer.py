@@ -32,7 +32,7 @@ from storage.parquet import STEER_RESULTS, write_table
 from storage.store import Store
 from tasks._common import Progress, fail_if_asked, logger, provenance, publish, stage_task
 
-STAGE, VERSION = "steer", 2  # 2: debias reports |margin| (fairness) beside the signed margin
+STAGE, VERSION = "steer", 3  # 2: debias reports |margin| beside the signed margin; 3: persona on held-out prompts
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
@@ -72,7 +72,7 @@ def _measure(cfg: SteerConfig, target, decoder, tok, info, persona, distractors,
     if "persona" in cfg.evals and persona:
         results.append({"eval": "persona", "condition": condition, "metric": "identification",
                         "value": ev.persona_identification(decoder, target, tok, info, persona, distractors,
-                                                           data["neutral_prompts"])})
+                                                           data["heldout_prompts"])})
     return results, samples
 
 
@@ -115,8 +115,9 @@ def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store)
         r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
         results, samples = results + r, samples + s
         measured.advance()
-        out.file("steer.json").write_text(json.dumps({"control": cfg.control, "persona": persona, "pairs": pairs,
-                                                      "curve": curve}, indent=2) + "\n")
+        out.file("steer.json").write_text(json.dumps({
+            "control": cfg.control, "persona": persona, "pairs": pairs, "curve": curve, "trained_on": prompts,
+            "persona_measured_on": ev.steering_data()["heldout_prompts"] if persona else []}, indent=2) + "\n")
         n = write_table(out.file("results.parquet"), results, STEER_RESULTS)
         out.file("report.md").write_text(report(cfg, results, samples, curve))
         manifest = out.commit(version=VERSION, inputs=[decoder], rows={"results.parquet": n},

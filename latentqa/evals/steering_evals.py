@@ -5,7 +5,7 @@
   debias     the target's mean per-token log-likelihood margin of stereotypical over anti-stereotypical
              sentences; fairness is its distance from zero (`stereotype_abs_margin`, lower is fairer): a
              margin pushed from +0.08 to -0.08 is a reversed bias, not a removed one
-  persona    the decoder reads the target on neutral prompts; the share of prompts on which the persona's
+  persona    the decoder reads the target on held-out neutral prompts (never steered on); the share on which the persona's
              description has the lowest answer loss among K candidates (identification, as in reading)
 """
 

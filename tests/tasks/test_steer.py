@@ -97,3 +97,5 @@ def test_persona_control_gets_its_pairs_by_reading_and_every_eval_runs(tmp_path,
     written = json.loads(store.path(manifest, "steer.json").read_text())
     assert written["persona"].startswith("Talk like a pirate") and written["pairs"]
     assert all(q.endswith("?") for q, _ in written["pairs"])  # the persona description questions
+    measured, trained = set(written["persona_measured_on"]), set(written["trained_on"])
+    assert len(measured) >= 8 and trained and not measured & trained  # identification on prompts never steered on
