@@ -7,6 +7,7 @@ safetensors in the model cache; every later load reads that folder.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -78,6 +79,57 @@ def resolve_model(name: str) -> str:
             raise FileNotFoundError(f"model folder {path} has no config.json")
         return str(path)
     return name  # a Hugging Face id: from_pretrained resolves it (locally cached or downloaded)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def model_identity(name: str, revision: str | None = None) -> dict[str, str]:
+    """What a fingerprint knows a model by: the content of its weights, not its name (issue: a folder or a Hub
+    id whose weights change must not reuse cached extractions and decoders).
+
+    Embedded: sha256 of the packaged GGUF. Local folder: sha256 over its config and weight files. Hub id: its
+    revision; without one, the revision it resolves to (the local cache's `refs/main`, else the Hub)."""
+    if name in EMBEDDED:
+        return {"weights_sha256": _files_sha256([_embedded_gguf(name)], _embedded_gguf(name).parent)}
+    path = Path(name).expanduser()
+    if path.exists():
+        files = [f for f in sorted(path.rglob("*")) if f.is_file() and (f.name == "config.json"
+                                                                        or f.name.endswith(WEIGHT_SUFFIXES))]
+        return {"weights_sha256": _files_sha256(files, path)}
+    return {"revision": revision or resolved_revision(name)}
+
+
+def resolved_revision(repo_id: str) -> str:
+    """The commit a Hub id without a revision loads: the cached `refs/main`, else asked of the Hub."""
+    from huggingface_hub import HfApi, constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    if ref.is_file():
+        return ref.read_text().strip()
+    try:
+        return HfApi().model_info(repo_id).sha
+    except Exception as err:  # offline, unknown or gated: the fingerprint cannot name the weights
+        raise ValueError(f"model {repo_id!r} has no model.revision and its revision cannot be resolved "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); set model.revision to a "
+                         "commit so cached stages are not reused for other weights") from None
+
+
+def _files_sha256(files: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(root).as_posix()}\0{_file_sha256(f, f.stat().st_size, f.stat().st_mtime_ns)}\n"
+                      .encode())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_depth(name: str, revision: str | None = None) -> int:

@@ -26,7 +26,7 @@ from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_item
 from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
-from latentqa.models import load_model
+from latentqa.models import load_model, model_identity
 from latentqa.reading import read_spans
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
@@ -43,7 +43,8 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     cfg: EvaluateConfig = p["cfg"]
     personas = [file_sha256(cfg.hidden_persona_file)] if cfg.hidden_persona_file else []  # a file by its bytes
     judge = [p["endpoint"]] if cfg.judge and p.get("endpoint") else []
-    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], *personas, *judge],
+    weights = model_identity(p["model"].name, p["model"].revision)
+    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], weights, *personas, *judge],
                        inputs=[p["decoder"].fingerprint, p["split"].fingerprint, p["acts"].fingerprint,
                                p["synth"].fingerprint])
 

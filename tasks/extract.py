@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from latentqa.config import ExtractConfig, ModelConfig
 from latentqa.cores import map_per_core
 from latentqa.dialogs import encode_dialog
-from latentqa.models import load_tokenizer, pick_device, pick_dtype, shared_model
+from latentqa.models import load_tokenizer, model_identity, pick_device, pick_dtype, shared_model
 from latentqa.reading import length_batches, read_layers, right_pad
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
@@ -40,7 +40,8 @@ STAGE, VERSION = "extract", 2
 def fingerprint_of(p: dict[str, Any]) -> str:
     model: ModelConfig = p["model"]
     dtype = str(pick_dtype(model.dtype, pick_device(model.device)))  # resolved: "auto" differs by device
-    return fingerprint(STAGE, VERSION, sections=[p["cfg"], model, {"dtype": dtype}], inputs=[p["dialogs"].fingerprint])
+    return fingerprint(STAGE, VERSION, sections=[p["cfg"], model, model_identity(model.name, model.revision),
+                                                 {"dtype": dtype}], inputs=[p["dialogs"].fingerprint])
 
 
 def _encode_all(tokenizer, dialogs: list[dict], cfg: ExtractConfig) -> tuple[list[dict], list[dict]]:

@@ -23,7 +23,7 @@ from latentqa.catalog import builtin_paths, load_controls
 from latentqa.config import ModelConfig, SteerConfig
 from latentqa.decoder import DecoderInfo
 from latentqa.evals import steering_evals as ev
-from latentqa.models import load_model
+from latentqa.models import load_model, model_identity
 from latentqa.prompts import description_questions
 from latentqa.steering import SteerSettings, add_steering_lora, randomize_like, train_steering
 from storage.fingerprint import file_sha256, fingerprint
@@ -38,7 +38,8 @@ STAGE, VERSION = "steer", 3  # 2: debias reports |margin| beside the signed marg
 def fingerprint_of(p: dict[str, Any]) -> str:
     cfg: SteerConfig = p["cfg"]
     control = [file_sha256(Path(cfg.control))] if Path(cfg.control).is_file() else []  # a file by its bytes
-    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], *control], inputs=[p["decoder"].fingerprint])
+    weights = model_identity(p["model"].name, p["model"].revision)
+    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], weights, *control], inputs=[p["decoder"].fingerprint])
 
 
 def control_pairs(cfg: SteerConfig) -> tuple[list[tuple[str, str]], str | None]:

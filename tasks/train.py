@@ -26,7 +26,7 @@ import torch
 from latentqa.config import ModelConfig, TrainConfig
 from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
 from latentqa.distributed import rank_and_world, resolve_processes
-from latentqa.models import load_model, pick_device
+from latentqa.models import load_model, model_identity, pick_device
 from latentqa.training import Position, fit, total_steps
 from storage.checkpoints import latest_checkpoint, save_checkpoint
 from storage.fingerprint import fingerprint
@@ -55,7 +55,8 @@ class FitResult:
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
-    return fingerprint(STAGE, VERSION, sections=[p["cfg"], p["model"]],
+    model = p["model"]
+    return fingerprint(STAGE, VERSION, sections=[p["cfg"], model, model_identity(model.name, model.revision)],
                        inputs=[p["split"].fingerprint, p["acts"].fingerprint])
 
 

@@ -30,10 +30,10 @@ def table() -> dict[str, tuple[str, str]]:
     return {cells[0].strip(): (cells[1].strip(), cells[2].strip()) for cells in rows[1:]}
 
 
-def params(stage: str, tmp: Path) -> dict:
+def params(stage: str, tmp: Path, model_dir: Path) -> dict:
     """Inputs of `stage` with every optional section on; upstream manifests stand in as {fingerprint: stage}."""
     up = {name: SimpleNamespace(fingerprint=name) for name in MODULES}
-    endpoint, model = EndpointConfig(base_url="http://127.0.0.1:9", model_id="m"), ModelConfig(name="tiny")
+    endpoint, model = EndpointConfig(base_url="http://127.0.0.1:9", model_id="m"), ModelConfig(name=str(model_dir))
     personas, control, release = tmp / "personas.csv", tmp / "control.yaml", tmp / "release"
     personas.write_text("label,text\npersona-a-b,Talk like a pirate.\n")
     control.write_text("pairs: [[q, a]]\n")
@@ -54,27 +54,30 @@ def params(stage: str, tmp: Path) -> dict:
     }[stage]
 
 
-def hashed(stage: str, tmp: Path, monkeypatch) -> tuple[set[str], bool, set[str]]:
-    """(config classes, whether file contents are hashed, upstream stages) that `stage` puts in its fingerprint."""
+def hashed(stage: str, tmp: Path, model_dir: Path, monkeypatch) -> tuple[set[str], bool, bool, set[str]]:
+    """(config classes, whether file contents are hashed, whether the model identity is, upstream stages) that
+    `stage` puts in its fingerprint."""
     module = importlib.import_module(MODULES[stage])
     seen = {}
     monkeypatch.setattr(module, "fingerprint", lambda st, version, sections=(), inputs=(): seen.update(
         sections=list(sections), inputs=list(inputs)) or "0" * 64)
-    module.fingerprint_of(params(stage, tmp))
+    module.fingerprint_of(params(stage, tmp, model_dir))
     classes = {type(s).__name__ for s in seen["sections"] if isinstance(s, BaseModel)}
     classes |= {"CatalogConfig" for s in seen["sections"] if isinstance(s, dict) and "families" in s}  # dumped
-    digests = [v for s in seen["sections"] if not isinstance(s, BaseModel)
+    identity = [s for s in seen["sections"] if isinstance(s, dict) and set(s) in ({"weights_sha256"}, {"revision"})]
+    digests = [v for s in seen["sections"] if not isinstance(s, BaseModel) and s not in identity
                for v in (s.values() if isinstance(s, dict) else s if isinstance(s, list) else [s])]
     files = any(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in digests)
-    return classes, files, set(seen["inputs"])
+    return classes, files, bool(identity), set(seen["inputs"])
 
 
 @pytest.mark.parametrize("stage", list(MODULES))
-def test_fingerprint_table_matches_what_the_stage_hashes(stage, tmp_path, monkeypatch):
+def test_fingerprint_table_matches_what_the_stage_hashes(stage, tmp_path, tiny_model_dir, monkeypatch):
     rows = table()
     assert stage in rows, f"PROTOCOL.md's fingerprint table has no row for {stage}"
     sections, inputs = rows[stage]
-    classes, files, upstream = hashed(stage, tmp_path, monkeypatch)
+    classes, files, weights, upstream = hashed(stage, tmp_path, tiny_model_dir, monkeypatch)
+    assert ("model identity" in sections) == weights, f"{stage}: table says {sections!r}"
     assert set(re.findall(r"\b[A-Z]\w*Config\b", sections)) == classes, f"{stage}: table says {sections!r}"
     assert ("sha256" in sections) == files, f"{stage}: table says {sections!r}"
     documented = {alt.split(" or ")[0].strip() for alt in inputs.split(",") if alt.strip() not in ("-", "")}
