@@ -170,6 +170,13 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
     conditions = {r["condition"] for r in rows}
     assert conditions == {"decoder", "shuffled", "zero", "text_only", "untrained_patch"}
     assert all(isinstance(r["identified"], bool) and r["k"] == 3 for r in rows)
+    from latentqa.generate import answer_losses  # the plain path: one full forward per candidate, no cache
+
+    decoder_rows = {r["item_id"]: r for r in rows if r["condition"] == "decoder"}
+    for it in items:
+        plain = answer_losses(net, tokenizer, [it.acts] * 3, [it.question] * 3, it.candidates, ph, 0)
+        assert decoder_rows[it.item_id]["identified"] == first_strictly_lowest(plain)
+        assert decoder_rows[it.item_id]["loss"] == pytest.approx(plain[0], abs=1e-4)  # the reference is candidate 0
     summary = summarize(rows, seed=0)
     ident = {r["condition"]: r for r in summary if r["metric"] == "identification"}
     assert set(ident) == conditions and all(r["n"] == len(items) for r in ident.values())
