@@ -34,7 +34,7 @@ browser:
 	    echo "could not install chromium and chromium-driver: the browser test will skip" )
 
 test: setup browser
-	$(BIN)/python -m pytest -q -rs  # -rs: every skip and its reason in the summary (the browser test, the release data)
+	$(BIN)/python -m pytest -q
 
 # a local Prefect server on 127.0.0.1:4200 with the work pool, every deployment and a worker (README,
 # "Operating it with Prefect"); `make stop` stops them

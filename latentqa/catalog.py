@@ -34,7 +34,14 @@ def builtin_paths() -> list[Path]:
 
 
 def parse_catalog(path: Path) -> list[Control]:
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with 'family' and 'categories', got {type(data).__name__}")
     family = data.get("family")
     if family not in FAMILIES:
         raise ValueError(f"{path}: family must be one of {FAMILIES}, got {family!r}")

@@ -148,12 +148,12 @@ def _ui_url() -> str | None:
 
 def cmd_lineage(args) -> int:
     from storage.catalog import lineage
-    from storage.store import Store
+    from storage.store import Store, StoreError
 
     store = Store(_store_root(args.ref, args.root))
     try:
         rows = lineage(store, args.ref)
-    except LookupError as err:
+    except (LookupError, StoreError) as err:
         print(err, file=sys.stderr)
         return 2
     ui = _ui_url()

@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from latentqa.catalog import builtin_paths, load_controls
 from latentqa.config import ConfigError, RunConfig, check_against_model
 from latentqa.curation import validate_keep_where
+from latentqa.evals.steering_controls import control_pairs
 from latentqa.models import model_depth
+from latentqa.release import release_dataset
 
 
 def check_run(cfg: RunConfig) -> None:
-    """Model depth against the layers, the API key's variable for a remote endpoint (converts the embedded
-    model on first use, which every later stage needs anyway)."""
+    """Every input file the run will read (catalog, release, hidden personas, steering control), the SQL rule,
+    model depth against the layers, the API key's variable for a remote endpoint (converts the embedded model
+    on first use, which every later stage needs anyway). Each problem is a ConfigError naming the input."""
     try:
         validate_keep_where(cfg.filter.keep_where)
-    except ValueError as err:
+        check_inputs(cfg)
+        depth = model_depth(cfg.model.name, cfg.model.revision)
+    except (ValueError, OSError) as err:
         raise ConfigError(str(err)) from None
-    check_against_model(cfg, model_depth(cfg.model.name, cfg.model.revision))
+    check_against_model(cfg, depth)
     if cfg.endpoint.base_url and cfg.endpoint.api_key_env not in os.environ:
         raise ConfigError(f"endpoint.api_key_env names {cfg.endpoint.api_key_env!r}, which is not set in the "
                           f"environment; export it, or set endpoint.base_url: null to use the local endpoint")
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Parse the files the stages will read, so that a bad one stops the run before any stage starts."""
+    if cfg.release is not None:
+        release_dataset(cfg.release.source, [(f.path, f.heldout) for f in cfg.release.files], cfg.release.qa,
+                        cfg.release.stimulus, cfg.release.max_labels, cfg.release.seed)
+    else:
+        paths = (builtin_paths() if cfg.catalog.builtin else []) + [Path(p) for p in cfg.catalog.paths]
+        if not load_controls(paths, cfg.catalog.families):
+            raise ValueError(f"catalog.families={cfg.catalog.families} selects no controls from "
+                             f"{[str(p) for p in paths]}")
+    if cfg.evaluate.hidden_persona_file is not None:
+        check_persona_table(Path(cfg.evaluate.hidden_persona_file))
+    control_pairs(cfg.steer)
+
+
+def check_persona_table(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as err:  # pyarrow's errors for a file that is not Parquet vary by version
+        raise ValueError(f"evaluate.hidden_persona_file {path}: not a Parquet table ({err})") from None
+    missing = {"label", "text"} - set(names)
+    if missing:
+        raise ValueError(f"evaluate.hidden_persona_file {path}: columns {sorted(missing)} missing (has {names})")

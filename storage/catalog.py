@@ -9,13 +9,15 @@ from pathlib import Path
 
 import duckdb
 
-from storage.store import MANIFEST, Store
+from storage.store import MANIFEST, Store, read_manifest
 
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with views `manifests`, `inputs` and `files` over the store's manifests."""
     con = duckdb.connect()
     manifests = [p for p in store.root.glob(f"*/*/{MANIFEST}") if not p.parent.name.endswith(".partial")]
+    for path in manifests:  # a damaged manifest is an error naming it, not a DuckDB parse error about "record 2"
+        read_manifest(path.parent)
     if not manifests:
         con.execute("CREATE VIEW manifests AS SELECT NULL::VARCHAR AS stage, NULL::VARCHAR AS fingerprint,"
                     " NULL::VARCHAR AS dir, NULL::VARCHAR AS created_at, NULL::VARCHAR AS flow_run_id WHERE false")

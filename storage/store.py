@@ -34,11 +34,27 @@ def is_stage_dir(path: Path) -> bool:
     return path.is_dir() and not path.name.endswith(PARTIAL) and (path / MANIFEST).is_file()
 
 
+def check_sizes(stage_dir: Path, manifest: Manifest) -> None:
+    """Every file the manifest lists is there with its recorded size: a truncated or deleted file after commit
+    is an error naming it, never a cached result (sizes, not hashes: this runs on every cache hit)."""
+    for entry in manifest.files:
+        path = stage_dir / entry.path
+        size = path.stat().st_size if path.is_file() else None
+        if size != entry.bytes:
+            found = "missing" if size is None else f"{size} bytes"
+            raise StoreError(f"{path} is {found}, its manifest says {entry.bytes} bytes: {stage_dir} was damaged "
+                             "after it was written; move it aside and rerun its stage to recompute it")
+
+
 def read_manifest(stage_dir: Path) -> Manifest:
     path = stage_dir / MANIFEST
     if not path.is_file():
         raise StoreError(f"{stage_dir} has no {MANIFEST}: it is not a finished stage directory (rerun the stage)")
-    manifest = Manifest.model_validate_json(path.read_text())
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except ValueError as err:  # pydantic's ValidationError (malformed JSON included) is a ValueError
+        raise StoreError(f"{path} is damaged ({str(err).splitlines()[0]}); move {stage_dir} aside and rerun its "
+                         "stage to recompute it") from None
     if manifest.protocol != PROTOCOL_VERSION:  # another layout: its files may not mean what this code reads
         raise StoreError(f"{path} was written under storage protocol {manifest.protocol}; this code reads protocol "
                          f"{PROTOCOL_VERSION} (storage/PROTOCOL.md). Use a fresh storage.root, or the code of that "
@@ -85,6 +101,7 @@ class Store:
         manifest = read_manifest(final)
         if manifest.fingerprint != fp:
             raise StoreError(f"{final}: manifest fingerprint {manifest.fingerprint} != expected {fp} (12-char clash?)")
+        check_sizes(final, manifest)
         return manifest
 
     def path(self, manifest: Manifest | InputRef, name: str = "") -> Path:

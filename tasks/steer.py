@@ -17,12 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from latentqa.catalog import builtin_paths, load_controls
 from latentqa.config import ModelConfig, SteerConfig
 from latentqa.decoder import DecoderInfo
 from latentqa.evals import steering_evals as ev
+from latentqa.evals.steering_controls import control_pairs
 from latentqa.models import load_model, model_identity
 from latentqa.prompts import description_questions
 from latentqa.steering import SteerSettings, add_steering_lora, randomize_like, train_steering
@@ -40,23 +40,6 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     control = [file_sha256(Path(cfg.control))] if Path(cfg.control).is_file() else []  # a file by its bytes
     weights = model_identity(p["model"].name, p["model"].revision)
     return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], weights, *control], inputs=[p["decoder"].fingerprint])
-
-
-def control_pairs(cfg: SteerConfig) -> tuple[list[tuple[str, str]], str | None]:
-    """(pairs, persona text or None). Persona controls get their pairs later, by reading."""
-    if cfg.control.startswith("persona:"):
-        label = cfg.control.split(":", 1)[1]
-        personas = {c.label: c.text for c in load_controls(builtin_paths(), ["persona"])}
-        if label not in personas:
-            raise ValueError(f"steer.control={cfg.control!r}: no persona {label!r} in the builtin catalog")
-        return [], personas[label]
-    if cfg.control in ev.steering_data()["controls"]:
-        return [tuple(p) for p in ev.steering_data()["controls"][cfg.control]], None
-    raw = yaml.safe_load(Path(cfg.control).read_text())  # YAML is a superset of JSON
-    pairs = raw.get("pairs") if isinstance(raw, dict) and "pairs" in raw else next(iter(raw.values()), None)
-    if not pairs or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
-        raise ValueError(f"{cfg.control}: expected {{pairs: [[question, answer], ...]}} or {{prompt: [[q, a], ...]}}")
-    return [tuple(p) for p in pairs], None
 
 
 def _measure(cfg: SteerConfig, target, decoder, tok, info, persona, distractors, condition: str) -> tuple[list, list]:

@@ -13,7 +13,7 @@ from latentqa.cli import main
 from latentqa.config import SteerConfig
 from latentqa.describe import describe
 from latentqa.evals.items import hidden_persona_items
-from tasks.steer import control_pairs
+from latentqa.evals.steering_controls import control_pairs
 
 SOURCE = Path(__file__).resolve().parents[3] / "shared" / "latentqa_data"
 pytestmark = pytest.mark.skipif(not (SOURCE / "data" / "eval").is_dir(),
