@@ -44,7 +44,10 @@ class EndpointConfig(Section):
     model_id: str | None = Field(None, description="model name sent to the endpoint; default: local_model")
     local_model: str = DEFAULT_MODEL
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
-    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    structured_output: Literal["json_schema", "json_object_schema", "guided_json", "json_object", "none"] = Field(
+        "json_schema", description="the first structured-output mode to try; the client probes the endpoint once, "
+        "falls back in this order (json_schema, json_object_schema, guided_json, json_object, none) and "
+        "remembers what works in the store's requests.sqlite")
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(4, ge=0)
     concurrency: int = Field(16, ge=1)

@@ -30,6 +30,8 @@ SCHEMA_RETRIES = 2
 class ResponseCache(Protocol):
     def get(self, key: str) -> str | None: ...
     def put(self, key: str, model: str, content: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None: ...
+    def get_mode(self, endpoint: str, model: str) -> str | None: ...
+    def put_mode(self, endpoint: str, model: str, mode: str) -> None: ...
 
 
 def read_api_key(cfg: EndpointConfig, local: bool) -> SecretStr:
@@ -124,7 +126,20 @@ def stop_if_over_budget(results: list[Result], llm: LLM, stage: str) -> None:
             "requests.sqlite; raise the cap and rerun to send only the rest")
 
 
-FALLBACK = {"json_schema": "json_object", "json_object": "none"}
+# Structured-output modes, most constrained first. Where the server enforces the schema (the first three) it is
+# not repeated in the prompt, so a small model cannot echo it back instead of answering:
+#   json_schema         OpenAI's response_format {"type": "json_schema", ...}
+#   json_object_schema  response_format {"type": "json_object", "schema": ...} (llama.cpp's server, others)
+#   guided_json         a body field of its own (vLLM's guided decoding)
+#   json_object         JSON mode without a schema: the schema goes into the prompt
+#   none                the schema in the prompt alone
+MODES = ("json_schema", "json_object_schema", "guided_json", "json_object", "none")
+ENFORCED = {"json_schema", "json_object_schema", "guided_json"}
+FALLBACK = dict(zip(MODES, MODES[1:]))
+# The probe's schema cannot be guessed from its prompt: only a server that enforces it returns a match, so a
+# server that accepts an unknown field and ignores it is not mistaken for one that honours it.
+PROBE_SCHEMA = {"type": "object", "properties": {"latentqa_probe": {"type": "integer", "enum": [7]}},
+                "required": ["latentqa_probe"], "additionalProperties": False}
 
 
 class LLM:
@@ -140,26 +155,69 @@ class LLM:
                                          timeout=cfg.timeout_s, max_retries=0)
         self._secret = api_key.get_secret_value() if api_key.get_secret_value() != "local" else ""
         self.semaphore = asyncio.Semaphore(cfg.concurrency)
+        self._mode_lock, self._mode_known = asyncio.Lock(), False
 
     async def close(self) -> None:
         await self.client.close()
 
-    def _request(self, messages: list[dict], schema: dict, params: dict[str, Any]) -> dict[str, Any]:
-        mode = self.mode
-        if mode != "json_schema":  # the server cannot enforce the schema: describe it in the prompt
+    def _request(self, messages: list[dict], schema: dict, params: dict[str, Any], mode: str | None = None
+                 ) -> dict[str, Any]:
+        mode = mode or self.mode
+        if mode not in ENFORCED:  # the server cannot enforce the schema: describe it in the prompt
             messages = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"]
                                          + SCHEMA_HINT.format(schema=json.dumps(schema))}]
         body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
         if mode == "json_schema":
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+        elif mode == "json_object_schema":
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        elif mode == "guided_json":
+            body["guided_json"] = schema
         elif mode == "json_object":
             body["response_format"] = {"type": "json_object"}
         return body
 
+    @property
+    def endpoint_id(self) -> str:
+        """What the remembered mode is keyed by: the URL of a remote endpoint (the project's own server moves
+        between ports), never the key."""
+        return self.cfg.base_url or "local"
+
+    async def ensure_mode(self) -> str:
+        """The structured-output mode this endpoint and model honour: remembered in the cache, else probed once
+        (one tiny request per mode tried, from endpoint.structured_output down) and remembered."""
+        async with self._mode_lock:
+            if self._mode_known:
+                return self.mode
+            known = self.cache.get_mode(self.endpoint_id, self.model)
+            start = MODES.index(self.cfg.structured_output)
+            if known in MODES and MODES.index(known) >= start:
+                self.mode = known
+            else:
+                self.mode = await self._probe(MODES[start:])
+                self.cache.put_mode(self.endpoint_id, self.model, self.mode)
+            self._mode_known = True
+            return self.mode
+
+    async def _probe(self, modes: tuple[str, ...]) -> str:
+        for mode in modes:
+            if mode not in ENFORCED:
+                return mode  # JSON mode or the prompt alone: checked on every reply instead
+            body = self._request([{"role": "user", "content": "Say hello."}], PROBE_SCHEMA,
+                                 {"max_tokens": 16, "temperature": 0.0}, mode)
+            text, reason, detail, _ = await self._send(body, cache=False)
+            if reason in ("http_401", "http_403", "budget_exceeded"):
+                raise RuntimeError(f"structured-output probe of {self.endpoint_id} ({self.model}) failed: "
+                                   f"{redact(detail, self._secret)}")
+            if text is not None and (mode == "json_schema" or _matches_probe(text)):
+                return mode
+        return modes[-1]
+
     async def complete(self, messages: list[dict], reply_model: type[Reply], params: dict[str, Any]) -> Result:
         schema = json_schema(reply_model)
         result, attempt = Result(None), 0
+        await self.ensure_mode()
         while attempt <= SCHEMA_RETRIES:
             body = self._request(messages, schema, params)
             key = self.key_fn(body)
@@ -168,7 +226,10 @@ class LLM:
                 text, reason, detail, attempts = await self._send(body)
                 result.sent += attempts
                 if reason == "unsupported_format" and self.mode in FALLBACK:
-                    self.mode = FALLBACK[self.mode]  # the server refused this response_format: ask with less
+                    refused = body.get("response_format", {}).get("type", self.mode)
+                    if self.mode == refused or refused == "json_object":  # not already moved on by another call
+                        self.mode = FALLBACK[self.mode]  # the server refused this format: ask with less, remember
+                        self.cache.put_mode(self.endpoint_id, self.model, self.mode)
                     continue
                 if text is None:  # the detail is stored (rejected.parquet): never with the key in it
                     result.reason, result.detail = reason, redact(detail, self._secret)
@@ -187,7 +248,7 @@ class LLM:
                             {"role": "user", "content": RETRY.format(error=error)}]
         return result
 
-    async def _send(self, body: dict[str, Any]) -> tuple[str | None, str, str, int]:
+    async def _send(self, body: dict[str, Any], cache: bool = True) -> tuple[str | None, str, str, int]:
         """(content, reason, detail, HTTP attempts); retries transient failures only. The reply is stored in the
         cache here, as soon as it arrives, with its token counts."""
         reason, detail = "unknown", ""
@@ -197,8 +258,10 @@ class LLM:
             async with self.semaphore:
                 if not await self.budget.acquire(worst):
                     return None, "budget_exceeded", f"endpoint.max_cost_usd={self.budget.max_usd} reached", attempt
-                try:
-                    response = await self.client.chat.completions.create(**body)
+                try:  # a body field the openai client does not know travels in extra_body
+                    known = {k: v for k, v in body.items() if k != "guided_json"}
+                    extra = {"guided_json": body["guided_json"]} if "guided_json" in body else None
+                    response = await self.client.chat.completions.create(**known, extra_body=extra)
                 except openai.APITimeoutError as err:
                     reason, detail = "timeout", str(err)
                 except openai.RateLimitError as err:
@@ -217,13 +280,21 @@ class LLM:
                     text, usage = response.choices[0].message.content or "", response.usage
                     n_in, n_out = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
                     self.budget.settle(worst, self.budget.cost(n_in, n_out))
-                    self.cache.put(self.key_fn(body), self.model, text, n_in, n_out)
+                    if cache:
+                        self.cache.put(self.key_fn(body), self.model, text, n_in, n_out)
                     return text, "ok", "", attempt + 1
                 self.budget.settle(worst, 0.0)  # a failed attempt is not billed
             if attempt < self.cfg.max_retries:  # back off outside the slot: others may send meanwhile
                 delay = wait if wait is not None else self.backoff_s * 2 ** attempt
                 await asyncio.sleep(delay * (1 + 0.25 * random.random()))
         return None, reason, detail, self.cfg.max_retries + 1
+
+
+def _matches_probe(text: str) -> bool:
+    try:
+        return json.loads(text) == {"latentqa_probe": 7}
+    except ValueError:
+        return False
 
 
 def _retry_after(err: openai.APIStatusError) -> float | None:

@@ -37,6 +37,11 @@ class RequestCache:
             " key TEXT PRIMARY KEY, model TEXT NOT NULL, content TEXT NOT NULL,"
             " prompt_tokens INTEGER, completion_tokens INTEGER, created REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS capabilities ("
+            " endpoint TEXT NOT NULL, model TEXT NOT NULL, mode TEXT NOT NULL, created REAL NOT NULL,"
+            " PRIMARY KEY (endpoint, model))"
+        )
 
     def get(self, key: str) -> str | None:
         with self._lock:
@@ -49,6 +54,18 @@ class RequestCache:
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
                 (key, model, content, prompt_tokens, completion_tokens, time.time()),
             )
+
+    def get_mode(self, endpoint: str, model: str) -> str | None:
+        """The structured-output mode last found to work for this endpoint and model (latentqa/llm.py)."""
+        with self._lock:
+            row = self._db.execute("SELECT mode FROM capabilities WHERE endpoint = ? AND model = ?",
+                                   (endpoint, model)).fetchone()
+        return row[0] if row else None
+
+    def put_mode(self, endpoint: str, model: str, mode: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO capabilities VALUES (?, ?, ?, ?)",
+                             (endpoint, model, mode, time.time()))
 
     def __len__(self) -> int:
         with self._lock:

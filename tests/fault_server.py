@@ -4,7 +4,8 @@ The last user message picks the behaviour: it may contain `fault=<kind>x<n>`, an
 that message get the fault (429 with Retry-After, 500, a hang past the client's timeout, text that is not
 JSON, JSON that fails the schema); later ones get `reply` (a dict, or a function of the request body).
 Every reply reports 100 prompt and 50 completion tokens; `latency_s` delays each answer; a response_format
-type not in `formats` gets the 400 that servers without structured outputs send.
+type not in `formats` gets the 400 that servers without structured outputs send; `refuse` answers other
+refusals (another status, another wording), as servers differ.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ class _Server(ThreadingHTTPServer):
 
 class FaultServer:
     def __init__(self, reply: dict | Callable[[dict], dict], hang_s: float = 2.0, latency_s: float = 0.0,
-                 formats: tuple[str, ...] = ("json_schema", "json_object")):
+                 formats: tuple[str, ...] = ("json_schema", "json_object"),
+                 refuse: Callable[[dict], tuple[int, str] | None] | None = None,
+                 probe_reply: dict | None = {"greeting": "hello"}):  # noqa: B006 (never mutated)
         self.reply, self.hang_s, self.latency_s, self.formats = reply, hang_s, latency_s, formats
+        self.refuse = refuse  # body -> (status, message) to answer instead, as servers refuse what they lack
+        self.probes = 0  # structured-output capability probes among `requests` (latentqa/llm.py)
+        self.probe_reply = probe_reply  # what a probe gets (None: `reply` answers probes too)
         self.seen: dict[str, int] = {}
         self.requests = 0
         self.bodies: list[dict] = []  # every request body, in arrival order
@@ -63,12 +69,15 @@ class FaultServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if server.latency_s:
                     time.sleep(server.latency_s)
+                if server.refuse and (refusal := server.refuse(body)):
+                    return self._send(refusal[0], {"error": {"message": refusal[1]}})
                 fmt = (body.get("response_format") or {}).get("type")
                 if fmt and fmt not in server.formats:  # as servers without structured outputs answer
                     return self._send(400, {"error": {"message": f"response_format {fmt} is not supported"}})
                 message = body["messages"][-1]["content"]
                 with server._lock:
                     server.requests += 1
+                    server.probes += message == "Say hello."
                     server.bodies.append(body)
                     server.auth_headers.append(self.headers.get("Authorization", ""))
                     key = json.dumps(body["messages"][:2])
@@ -87,7 +96,10 @@ class FaultServer:
                     return self._send(500, {"error": {"message": "boom"}})
                 if kind == "hang":
                     time.sleep(server.hang_s)
-                reply = server.reply(body) if callable(server.reply) else server.reply
+                if message == "Say hello." and server.probe_reply is not None:
+                    reply = server.probe_reply
+                else:
+                    reply = server.reply(body) if callable(server.reply) else server.reply
                 content = {"notjson": "this is not json {", "badschema": json.dumps({"wrong": 1})}.get(
                     kind, json.dumps(reply))
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],

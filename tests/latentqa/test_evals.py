@@ -249,11 +249,13 @@ def test_scoring_reports_progress_per_batch(tiny, tokenizer):
     log = logging.getLogger("latentqa")
     log.addHandler(handler)
     level, log.level = log.level, logging.INFO
-    try:
+    disabled, log.disabled = log.disabled, False  # a logging.config.dictConfig earlier in the session (Prefect's
+    try:                                          # setup) disables loggers that existed before it
         score_task(scorer, items, controls, seed=0)
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+        log.disabled = disabled
     lines = [r.getMessage() for r in records]
     total = len(items) * 4  # decoder + three controls
     generated = [m for m in lines if m.startswith("evaluate: replies generated:")]

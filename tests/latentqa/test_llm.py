@@ -1,6 +1,7 @@
 """The structured LLM client against real HTTP servers: a fault-injecting one and the project's own."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_rerun_sends_nothing_for_stored_replies(tmp_path):
         first = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(5)])
         sent_first = server.requests
         second = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(5)])
-    assert sent_first == 5 and server.requests == 5
+    assert sent_first == 5 + 1 and server.requests == 5 + 1 and server.probes == 1  # one probe, remembered
     assert [r.reply.model_dump() for r in first] == [r.reply.model_dump() for r in second]
     assert all(r.cached == 1 and r.sent == 0 for r in second)
 
@@ -111,20 +112,58 @@ def test_local_server_returns_schema_valid_json(tiny_model_dir, tmp_path):
     assert sum(r.ok for r in results) >= 3, [r.detail for r in results]
 
 
-def test_unsupported_response_format_falls_back(tmp_path):
+def _complete(server, cache, tag, mode="json_schema"):
+    endpoint = EndpointConfig(base_url=server.base_url, model_id="m", structured_output=mode, max_retries=1)
+
+    async def go():
+        llm = LLM(endpoint, server.base_url, read_api_key(endpoint, local=True), cache, request_key, backoff_s=0.01)
+        try:
+            return await llm.complete(_msgs(tag), dialog_reply(80), {}), llm.mode
+        finally:
+            await llm.close()
+
+    return asyncio.run(go())
+
+
+def test_unsupported_response_format_falls_back_and_is_remembered(tmp_path):
+    cache = RequestCache(tmp_path / "r.sqlite")
     with FaultServer(REPLY, formats=()) as server:  # a server with no structured outputs at all
-        endpoint = EndpointConfig(base_url=server.base_url, model_id="m", structured_output="json_schema")
+        result, mode = _complete(server, cache, "plain")
+        assert result.ok and mode == "none" and result.sent == 2  # json_object refused, then the prompt alone
+        assert cache.get_mode(server.base_url, "m") == "none"
+        probes = server.probes
+        again, mode = _complete(server, cache, "plain again")  # a later run: no probe, no refused request
+    assert again.ok and mode == "none" and again.sent == 1 and server.probes == probes
 
-        async def go():
-            llm = LLM(endpoint, server.base_url, read_api_key(endpoint, local=True), RequestCache(tmp_path / "r.sqlite"),
-                      request_key)
-            try:
-                return await llm.complete(_msgs("plain"), dialog_reply(80), {}), llm.mode
-            finally:
-                await llm.close()
 
-        result, mode = asyncio.run(go())
-    assert result.ok and mode == "none" and result.sent == 3  # json_schema, json_object, then the prompt alone
+def _enforcing(field: str):
+    """A server that enforces a schema given in `field` of the body: its replies match it (the probe's too)."""
+    def reply(body):
+        schema = (body.get("response_format") or {}).get("schema") if field == "response_format" else body.get(field)
+        return {"latentqa_probe": 7} if schema and "latentqa_probe" in json.dumps(schema) else REPLY
+    return reply
+
+
+@pytest.mark.parametrize("server_kind", ["llama.cpp-like", "vllm-like"])
+def test_the_probe_finds_where_each_server_takes_its_schema(server_kind, tmp_path):
+    if server_kind == "llama.cpp-like":  # json_schema refused with a 422 that never says "response_format";
+        server = FaultServer(_enforcing("response_format"), formats=("json_object",), probe_reply=None,  # schema in
+                             refuse=lambda b: (422, "unknown type") if (b.get("response_format") or {}).get(
+                                 "type") == "json_schema" else None)  # response_format {type: json_object}
+        expected = "json_object_schema"
+    else:  # any response_format is a 500; the schema goes in a guided_json field of the body
+        server = FaultServer(_enforcing("guided_json"), probe_reply=None,
+                             refuse=lambda b: (500, "internal error") if b.get("response_format") else None)
+        expected = "guided_json"
+    cache = RequestCache(tmp_path / "r.sqlite")
+    with server:
+        result, mode = _complete(server, cache, "hello")
+        real = [b for b in server.bodies if b["messages"][-1]["content"] != "Say hello."]
+        assert result.ok and mode == expected and cache.get_mode(server.base_url, "m") == expected
+        assert len(real) == 1 and "must match this schema" not in real[0]["messages"][-1]["content"]
+        probes = server.probes
+        again, _ = _complete(server, cache, "hello again")
+    assert again.ok and again.sent == 1 and server.probes == probes  # remembered: the rerun probes nothing
 
 
 def test_budget_stops_new_spend_and_keeps_what_was_paid(tmp_path):
@@ -137,10 +176,10 @@ def test_budget_stops_new_spend_and_keeps_what_was_paid(tmp_path):
         results = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(20)], concurrency=4,
                        max_cost_usd=0.05, **prices)
         paid = [r for r in results if r.ok]
-        assert 14 <= len(paid) <= 15 and server.requests == len(paid)
+        assert 13 <= len(paid) <= 15 and server.requests - server.probes == len(paid)
         assert {r.reason for r in results if not r.ok} == {"budget_exceeded"}
         again = _run(server.base_url, cache, [_msgs(f"q{i}") for i in range(20)], concurrency=1, **prices)
-    assert all(r.ok for r in again) and server.requests == 20  # the rerun sent only what was not paid for
+    assert all(r.ok for r in again) and server.requests - server.probes == 20  # the rerun sent only the rest
 
 
 def test_one_budget_for_every_client_of_a_run(tmp_path):
@@ -150,6 +189,6 @@ def test_one_budget_for_every_client_of_a_run(tmp_path):
         first = _run(server.base_url, cache, [_msgs(f"a{i}") for i in range(20)], ledger=ledger, **prices)
         second = _run(server.base_url, cache, [_msgs(f"b{i}") for i in range(20)], ledger=ledger, **prices)
     n_first, n_second = sum(r.ok for r in first), sum(r.ok for r in second)
-    assert n_first >= 14 and n_second <= 5  # the second client (say, the judge) finds the run's cap mostly spent
-    assert ledger.spent == pytest.approx(0.002 * (n_first + n_second)) and ledger.spent <= 0.05
+    assert n_first >= 13 and n_second <= 5  # the second client (say, the judge) finds the run's cap mostly spent
+    assert ledger.spent == pytest.approx(0.002 * (n_first + n_second + server.probes)) and ledger.spent <= 0.05
     assert ledger.reserved == pytest.approx(0.0)

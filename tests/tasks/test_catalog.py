@@ -54,9 +54,9 @@ def test_generation_adds_new_controls_and_records_the_duplicates(tmp_store, monk
                                   structured_output="json_schema")
         monkeypatch.setenv("LATENTQA_TEST_KEY", "k")
         manifest = load_catalog.fn(cfg, tmp_store, endpoint)
-        sent = server.requests
+        sent = server.requests - server.probes
         again = load_catalog.fn(cfg, tmp_store, endpoint)  # finished: no request at all
-        assert again == manifest and server.requests == sent
+        assert again == manifest and server.requests - server.probes == sent
     n_categories = len({c.category for c in load_controls(builtin_paths(), ["scenario"])})
     assert sent == n_categories
     rows = pq.read_table(tmp_store.path(manifest, "controls.parquet")).to_pylist()
@@ -87,9 +87,9 @@ def test_generation_stopped_by_the_cap_commits_nothing_and_a_higher_cap_complete
 
         with pytest.raises(BudgetExceeded, match="catalog generation stopped at endpoint.max_cost_usd=0.4"):
             load_catalog.fn(cfg, tmp_store, endpoint(0.4))
-        paid = server.requests
+        paid = server.requests - server.probes
         assert 0 < paid < n_categories
         assert tmp_store.finished("catalog", fingerprint_of({"cfg": cfg, "endpoint": endpoint(0.4)})) is None
         manifest = load_catalog.fn(cfg, tmp_store, endpoint(100.0))
-    assert server.requests == n_categories  # the rerun sent only the categories not paid for
+    assert server.requests - server.probes == n_categories  # the rerun sent only the categories not paid for
     assert manifest.counts["n_generated"] == n_categories

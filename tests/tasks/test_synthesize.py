@@ -125,7 +125,10 @@ def test_sigkill_then_rerun_sends_only_missing_requests(tmp_path, monkeypatch):
         db = kill_store.root / "requests.sqlite"
 
         def stored_replies() -> int:
-            return sqlite3.connect(db).execute("SELECT count(*) FROM responses").fetchone()[0] if db.exists() else 0
+            try:  # the file exists a moment before its tables do
+                return sqlite3.connect(db).execute("SELECT count(*) FROM responses").fetchone()[0] if db.exists() else 0
+            except sqlite3.OperationalError:
+                return 0
 
         run_and_kill([KILL_SCRIPT, str(kill_store.root), cfg.model_dump_json(), endpoint.model_dump_json(),
                       controls.fingerprint], ready=lambda: stored_replies() >= 4, timeout_s=60)
