@@ -21,6 +21,11 @@ _PROBE_USER = "\x07latentqa-probe-user\x07"
 _PROBE_SYSTEM = "\x07latentqa-probe-system\x07"
 
 
+def pad_id_of(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its end of sequence (SmolLM2 has both)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _apply(tokenizer, messages, add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 

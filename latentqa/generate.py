@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from latentqa.decoder import collate, encode_example, write_block
+from latentqa.dialogs import pad_id_of
 from latentqa.patching import patched_block
 
 
@@ -13,7 +14,7 @@ from latentqa.patching import patched_block
 def answer(decoder, tokenizer, acts: list[np.ndarray], questions: list[str], ph_id: int, write_layer: int,
            max_new_tokens: int = 32, norm_match: bool = False) -> list[str]:
     """One greedy answer per (activations, question) pair, generated as one left-padded batch."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     examples = [encode_example(tokenizer, len(a), q, None, ph_id) for a, q in zip(acts, questions)]
     device = next(decoder.parameters()).device
     batch = collate(examples, acts, pad_id, device, norm_match)
@@ -30,7 +31,7 @@ def answer(decoder, tokenizer, acts: list[np.ndarray], questions: list[str], ph_
 def answer_losses(decoder, tokenizer, acts: list[np.ndarray], questions: list[str], answers: list[str], ph_id: int,
                   write_layer: int, norm_match: bool = False) -> list[float]:
     """Teacher-forced mean cross-entropy of each answer (one value per example, not a batch mean)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     examples = [encode_example(tokenizer, len(a), q, ans, ph_id) for a, q, ans in zip(acts, questions, answers)]
     device = next(decoder.parameters()).device
     batch = collate(examples, acts, pad_id, device, norm_match)
@@ -68,7 +69,7 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 @torch.no_grad()
 def greedy_continuations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
     """Greedy continuations of token-id prompts, generated as one left-padded batch (no patching)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     ids, mask = left_pad(prompts, pad_id, next(model.parameters()).device)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
@@ -86,7 +87,7 @@ def text_losses(model, tokenizer, texts: list[str], questions: list[str], answer
     """Teacher-forced loss of each answer after the text-only prompt (identification for the text baseline)."""
     from latentqa.dialogs import encode
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     seqs, labels = [], []
     for t, q, a in zip(texts, questions, answers):
         prompt = _text_prompt(tokenizer, t, q)

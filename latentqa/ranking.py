@@ -15,12 +15,8 @@ import numpy as np
 import torch
 
 from latentqa.decoder import collate, encode_example, write_block
-from latentqa.dialogs import encode
+from latentqa.dialogs import encode, pad_id_of
 from latentqa.patching import patched_block
-
-
-def pad_id_of(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 @torch.no_grad()

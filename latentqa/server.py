@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from latentqa.dialogs import encode, render
+from latentqa.dialogs import encode, pad_id_of, render
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Generator:
         self.device, self.max_batch = loaded.device, max_batch
         vocab = self.model.config.vocab_size
         self.compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab))
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad_id_of(self.tokenizer)
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self._grammars: dict[str, object] = {}
         threading.Thread(target=self._loop, daemon=True).start()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from latentqa.decoder import batch_loss, collate, encode_example
-from latentqa.dialogs import encode_turns
+from latentqa.dialogs import encode_turns, pad_id_of
 from latentqa.reading import read_layers_with_grad, right_pad
 
 
@@ -53,7 +53,7 @@ def train_steering(target, decoder, tokenizer, info, pairs: list[tuple[str, str]
     opt = torch.optim.Adam(params, lr=s.lr)
     rng = random.Random(s.seed)
     ids_all = prompt_ids(tokenizer, prompts)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     device = next(target.parameters()).device
     layers = list(range(info.read_layer + 1)) if s.per_layer else [info.read_layer]
     curve = []

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import DecoderInfo
+from latentqa.dialogs import pad_id_of
 from latentqa.evals.harness import Scorer, margins, score_task, summarize, verdicts
 from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_items, relational_items, sample_per_task
 from latentqa.evals.judge import judge_rows
@@ -129,7 +130,7 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         loaded = load_model(model.name, model.revision, model.dtype, model.device)
         net = PeftModel.from_pretrained(loaded.model, store.path(decoder, "adapter")).eval()
         tok = loaded.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad_id = pad_id_of(tok)
         reader = activation_reader(store, acts)
         dialogs = {d["dialog_id"]: d for d in read_table(store.path(synth, "dialogs.parquet"), DIALOGS).to_pylist()}
         split_rows = read_table(store.path(split, "eval.parquet"), SPLIT).to_pylist()

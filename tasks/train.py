@@ -25,6 +25,7 @@ import torch
 
 from latentqa.config import ModelConfig, TrainConfig
 from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
+from latentqa.dialogs import pad_id_of
 from latentqa.distributed import rank_and_world, resolve_processes
 from latentqa.models import load_model, model_identity, pick_device
 from latentqa.training import Position, fit, total_steps
@@ -120,7 +121,7 @@ def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Man
     progress = Progress(total_steps(len(train_set[0]), cfg), "train: optimizer steps") if rank == 0 else None
     if progress:
         progress.advance(start_step)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_id_of(tok)
     started = time.monotonic()
 
     def on_step(pos: Position) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from latentqa.dialogs import encode, encode_turns
+from latentqa.dialogs import encode, encode_turns, pad_id_of
 from latentqa.evals.items import PERSONA_QUESTION
 from latentqa.generate import answer, answer_losses, greedy_continuations, left_pad, per_example_ce
 from latentqa.reading import read_spans
@@ -64,7 +64,7 @@ def bias_margin(model, tokenizer, pairs: list[list[str]]) -> float:
 @torch.no_grad()
 def read_prompts(target, tokenizer, layer: int, prompts: list[str], system: str | None = None) -> list[np.ndarray]:
     """The target's activations at `layer` for each prompt (after the masked system prompt, if any)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     prefix = [{"role": "system", "content": system}] if system else []
     encs = [encode_turns(tokenizer, prefix, [*prefix, {"role": "user", "content": p}], True) for p in prompts]
     return read_spans(target, encs, layer, pad_id, batch_size=len(encs))
