@@ -145,3 +145,28 @@ class DecoderInfo:
         if info.prompt_format != PROMPT_FORMAT:
             raise ValueError(f"{path}: prompt_format {info.prompt_format} != supported {PROMPT_FORMAT}")
         return info
+
+
+@dataclass
+class TrainedDecoder:
+    net: object  # the peft model: adapter on = the decoder, adapter off = the target (the untrained model)
+    tokenizer: object
+    info: DecoderInfo
+
+
+def load_decoder(decoder_dir: Path, name: str | None = None, revision: str | None = None, dtype: str = "auto",
+                 device: str = "auto") -> TrainedDecoder:
+    """A trained decoder from a train/<fp12> directory: its base model (or `name`) with the adapter, eval mode."""
+    from peft import PeftModel
+
+    from latentqa.models import load_model
+
+    decoder_dir = Path(decoder_dir)
+    if not (decoder_dir / "decoder.json").is_file():
+        raise FileNotFoundError(f"{decoder_dir} is not a trained decoder (no decoder.json); pass a train/<fp12> "
+                                "directory of a store")
+    info = DecoderInfo.load(decoder_dir / "decoder.json")
+    loaded = load_model(name or info.base_model, revision, dtype, device)
+    return TrainedDecoder(PeftModel.from_pretrained(loaded.model, decoder_dir / "adapter").eval(), loaded.tokenizer,
+                          info)
+

@@ -16,25 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentqa.decoder import DecoderInfo
+from latentqa.decoder import load_decoder
 from latentqa.dialogs import encode_turns
 from latentqa.generate import answer
-from latentqa.models import load_model
 from latentqa.reading import read_spans
 
 
 class Reader:
     def __init__(self, decoder_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str = "auto"):
-        from peft import PeftModel
-
-        decoder_dir = Path(decoder_dir)
-        if not (decoder_dir / "decoder.json").is_file():
-            raise FileNotFoundError(f"{decoder_dir} is not a trained decoder (no decoder.json); pass a train/<fp12> "
-                                    "directory of a store")
-        self.info = DecoderInfo.load(decoder_dir / "decoder.json")
-        loaded = load_model(model or self.info.base_model, dtype=dtype, device=device)
-        self.tokenizer = loaded.tokenizer
-        self.net = PeftModel.from_pretrained(loaded.model, decoder_dir / "adapter").eval()
+        trained = load_decoder(Path(decoder_dir), model, dtype=dtype, device=device)
+        self.info, self.tokenizer, self.net = trained.info, trained.tokenizer, trained.net
 
     @torch.no_grad()
     def activations(self, prompt: str, system: str | None = None, reply: str | None = None) -> np.ndarray:

@@ -20,14 +20,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
-from latentqa.decoder import DecoderInfo
+from latentqa.decoder import load_decoder
 from latentqa.dialogs import pad_id_of
 from latentqa.evals.harness import Scorer, margins, score_task, summarize, verdicts
 from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_items, relational_items, sample_per_task
 from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
-from latentqa.models import load_model, model_identity
+from latentqa.models import model_identity
 from latentqa.reading import read_spans
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
@@ -116,8 +116,6 @@ def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) ->
 def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: Manifest, acts: Manifest,
              synth: Manifest, store: Store, endpoint: EndpointConfig | None = None) -> Manifest:
     """Score every task under the decoder and every control; write the tables, the report and the chart."""
-    from peft import PeftModel
-
     fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts, "synth": synth,
                          "endpoint": endpoint})
     if done := store.finished(STAGE, fp):
@@ -126,10 +124,8 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
     if cfg.judge and endpoint is None:
         raise ValueError("evaluate.judge needs an endpoint: pass the run config's endpoint section")
     with store.open_stage(STAGE, fp) as out:
-        info = DecoderInfo.load(store.path(decoder, "decoder.json"))
-        loaded = load_model(model.name, model.revision, model.dtype, model.device)
-        net = PeftModel.from_pretrained(loaded.model, store.path(decoder, "adapter")).eval()
-        tok = loaded.tokenizer
+        trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
+        info, net, tok = trained.info, trained.net, trained.tokenizer
         pad_id = pad_id_of(tok)
         reader = activation_reader(store, acts)
         dialogs = {d["dialog_id"]: d for d in read_table(store.path(synth, "dialogs.parquet"), DIALOGS).to_pylist()}

@@ -20,7 +20,7 @@ from typing import Any
 
 from latentqa.catalog import builtin_paths, load_controls
 from latentqa.config import ModelConfig, SteerConfig
-from latentqa.decoder import DecoderInfo
+from latentqa.decoder import load_decoder
 from latentqa.evals import steering_evals as ev
 from latentqa.evals.steering_controls import control_pairs
 from latentqa.models import load_model, model_identity
@@ -63,18 +63,15 @@ def _measure(cfg: SteerConfig, target, decoder, tok, info, persona, distractors,
 @stage_task(STAGE, fingerprint_of)
 def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store) -> Manifest:
     """Train the steering LoRA through the frozen decoder; compare the target before, after and randomised."""
-    from peft import PeftModel
-
     fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder})
     if done := store.finished(STAGE, fp):
         return done
     fail_if_asked(STAGE)
     pairs, persona = control_pairs(cfg)
     with store.open_stage(STAGE, fp) as out:
-        info = DecoderInfo.load(store.path(decoder, "decoder.json"))
-        dec_loaded = load_model(model.name, model.revision, model.dtype, model.device)
-        dec = PeftModel.from_pretrained(dec_loaded.model, store.path(decoder, "adapter")).eval()
-        tok, prompts = dec_loaded.tokenizer, ev.steering_data()["neutral_prompts"]
+        trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
+        info, dec, tok = trained.info, trained.net, trained.tokenizer
+        prompts = ev.steering_data()["neutral_prompts"]
         settings = SteerSettings(cfg.steps, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha, per_layer=cfg.per_layer,
                                  seed=cfg.seed)
         target = add_steering_lora(load_model(model.name, model.revision, model.dtype, model.device).model,
