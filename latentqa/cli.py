@@ -44,13 +44,11 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_run_config(path: Path | None, overrides: list[str]):
-    from latentqa.config import load_config, parse_config, read_yaml
+    from latentqa.config import parse_config, raw_config
 
     path = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    if not overrides:
-        return load_config(path) if path else parse_config({})
-    raw = read_yaml(path) if path else {}
-    return parse_config(_apply_overrides(raw or {}, overrides), source=str(path or "defaults"))
+    raw = raw_config(path) if path else {}  # its relative paths resolved before any override
+    return parse_config(_apply_overrides(raw, overrides), source=str(path or "defaults"))
 
 
 def _run_flow(args, flow_name: str):

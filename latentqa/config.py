@@ -304,6 +304,12 @@ class ConfigError(ValueError):
 
 def load_config(path: Path | str) -> RunConfig:
     """Parse and validate a YAML run config; relative catalog paths resolve against the file's folder."""
+    return parse_config(raw_config(path), source=str(path))
+
+
+def raw_config(path: Path | str) -> dict:
+    """A YAML run config as a dict, with its relative paths (catalog files, the release folder) resolved against
+    the file's folder, ready for command-line overrides and then parse_config."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -316,7 +322,7 @@ def load_config(path: Path | str) -> RunConfig:
     release = raw.get("release")
     if isinstance(release, dict) and release.get("source") and not Path(release["source"]).is_absolute():
         release["source"] = str((path.parent / release["source"]).resolve())
-    return parse_config(raw, source=str(path))
+    return raw
 
 
 def read_yaml(path: Path):

@@ -90,3 +90,13 @@ def test_remote_endpoint_without_key_fails_before_work(monkeypatch, tiny_model_d
         check_run(cfg)
     with pytest.raises(ConfigError, match="extract.read_layers=15 is beyond"):
         check_run(cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"read_layers": [15]})}))
+
+
+def test_overrides_keep_the_config_files_relative_paths(tmp_path):
+    from latentqa.cli import load_run_config
+
+    (tmp_path / "cat.yaml").write_text("family: persona\ncategories:\n  sea:\n    pirate: Talk like a pirate.\n")
+    (tmp_path / "run.yaml").write_text("catalog:\n  paths: [cat.yaml]\n")
+    plain = load_run_config(tmp_path / "run.yaml", [])
+    overridden = load_run_config(tmp_path / "run.yaml", ["train.lr=2e-4"])  # was: paths left relative to the cwd
+    assert overridden.catalog.paths == plain.catalog.paths == [tmp_path / "cat.yaml"] and overridden.train.lr == 2e-4
