@@ -219,16 +219,16 @@ class LLM:
         result, attempt = Result(None), 0
         await self.ensure_mode()
         while attempt <= SCHEMA_RETRIES:
+            used = self.mode
             body = self._request(messages, schema, params)
             key = self.key_fn(body)
             text = self.cache.get(key)
             if text is None:
                 text, reason, detail, attempts = await self._send(body)
                 result.sent += attempts
-                if reason == "unsupported_format" and self.mode in FALLBACK:
-                    refused = body.get("response_format", {}).get("type", self.mode)
-                    if self.mode == refused or refused == "json_object":  # not already moved on by another call
-                        self.mode = FALLBACK[self.mode]  # the server refused this format: ask with less, remember
+                if reason == "unsupported_format" and used in FALLBACK:
+                    if self.mode == used:  # not already moved on by a concurrent call
+                        self.mode = FALLBACK[used]  # the server refused this format: ask with less, remember
                         self.cache.put_mode(self.endpoint_id, self.model, self.mode)
                     continue
                 if text is None:  # the detail is stored (rejected.parquet): never with the key in it

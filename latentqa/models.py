@@ -91,7 +91,8 @@ def model_identity(name: str, revision: str | None = None) -> dict[str, str]:
     Embedded: sha256 of the packaged GGUF. Local folder: sha256 over its config and weight files. Hub id: its
     revision; without one, the revision it resolves to (the local cache's `refs/main`, else the Hub)."""
     if name in EMBEDDED:
-        return {"weights_sha256": _files_sha256([_embedded_gguf(name)], _embedded_gguf(name).parent)}
+        gguf = _embedded_gguf(name)
+        return {"weights_sha256": _files_sha256([gguf], gguf.parent)}
     path = Path(name).expanduser()
     if path.exists():
         files = [f for f in sorted(path.rglob("*")) if f.is_file() and (f.name == "config.json"
