@@ -3,9 +3,11 @@
 baseline  the scoring of evaluate v3 (kept here, callable): each condition generated and scored on its own,
           rows in batches of 8 in item order, every identification candidate scored as a full sequence
           (activations + question + candidate) and the reference scored once more
-new       latentqa.evals.harness.score_task: the conditions that share a model state (decoder, shuffled, zero)
-          generated and scored in one pass, rows grouped by length, batches of `--batch-size`, identification
-          from one cached prompt per item (latentqa/ranking.py) whose candidate 0 is the reference loss
+new       latentqa.evals.harness.score_items: the conditions that share a model state (decoder, shuffled, zero)
+          in one pass, rows grouped by length, batches of `--batch-size`; each prompt read once
+          (latentqa/ranking.py), the reference or the K candidates scored from its KV cache and the greedy reply
+          decoded from the same cache, each row leaving the batch at its end-of-sequence token. Its time splits
+          into the prompt pass (shared), loss scoring and generation
 
 Items are built like the demo's (SmolLM2-135M, read layer 15, a decoder with a random LoRA so that the adapter
 matters): `gist`, `fact` and `classification` items over the builtin controls as system prompts,
@@ -35,9 +37,8 @@ from latentqa.catalog import builtin_paths, load_controls
 from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
 from latentqa.describe import describe
 from latentqa.dialogs import encode_dialog
-from latentqa.evals.harness import (Scorer, first_strictly_lowest, score_task, shuffled_sources)
-from latentqa.evals.items import (CLASS_QUESTION, FAMILIES, Item, hidden_persona_items, read_text,
-                                  relational_items)
+from latentqa.evals.harness import Scorer, first_strictly_lowest, score_items, shuffled_sources
+from latentqa.evals.items import CLASS_QUESTION, FAMILIES, Item, hidden_persona_items, read_text, relational_items
 from latentqa.generate import answer, answer_losses, text_answers, text_losses
 from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f1
 from latentqa.models import load_model
@@ -172,34 +173,29 @@ def compare(old: list[dict], new: list[dict], tol: float) -> tuple[bool, float, 
     return differ == 0 and worst <= tol and len(old) == len(new), worst, differ
 
 
-class TimedScorer(Scorer):
-    """The new path's Scorer, timing generation apart from loss scoring."""
-
-    def __init__(self, *args, timer: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.timer = timer
-
-    def _timed(self, kind, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.timer[kind] += time.perf_counter() - t0
-        return out
+def _new_path(net, tok, info, items, args, timer: dict) -> list[dict]:
+    scorer = Scorer(net, tok, info, args.batch_size, args.max_new_tokens)
+    rows = score_items(scorer, items, CONTROLS, 0)
+    for part, seconds in scorer.seconds.items():
+        timer[part] += seconds
+    return rows
 
 
-# each Scorer method, timed as generation or as loss scoring
-for _name, _kind in [("generate", "generate"), ("text", "generate"), ("losses", "score"), ("text_losses", "score"),
-                     ("candidate_losses", "score"), ("text_candidate_losses", "score")]:
-    setattr(TimedScorer, _name, lambda self, *a, _n=_name, _k=_kind: self._timed(_k, getattr(Scorer, _n).__get__(self), *a))
+def _items_per_s(net, tok, info, items, args) -> float:
+    t0 = time.perf_counter()
+    _new_path(net, tok, info, items, args, {"prompt": 0.0, "generate": 0.0, "score": 0.0})
+    return len(items) / (time.perf_counter() - t0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--personas", type=int, default=None, help="time identification over N hidden personas")
     parser.add_argument("--no-baseline", action="store_true", help="time the new path only")
     parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--per-task", action="store_true", help="also time the new path on each task alone")
     args = parser.parse_args()
     torch.manual_seed(0)
     loaded = load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
@@ -220,22 +216,27 @@ def main() -> None:
     for rep in range(args.repeats):
         timings = {}
         for path in (["new"] if args.no_baseline else ["baseline", "new"]):
-            timer = {"generate": 0.0, "score": 0.0}
+            timer = {"prompt": 0.0, "generate": 0.0, "score": 0.0}
             start, rows, per_task = time.perf_counter(), [], {}
-            for t in tasks:
-                group = [it for it in items if it.task == t]
-                t0 = time.perf_counter()
-                if path == "baseline":
+            if path == "baseline":  # evaluate v3 scored task by task
+                for t in tasks:
+                    group = [it for it in items if it.task == t]
+                    t0 = time.perf_counter()
                     rows += baseline_score_task(net, tok, info, group, 0, args.max_new_tokens, timer)
-                else:
-                    scorer = TimedScorer(net, tok, info, args.batch_size, args.max_new_tokens, timer=timer)
-                    rows += score_task(scorer, group, CONTROLS, 0)
-                per_task[t] = len(group) / (time.perf_counter() - t0)
+                    per_task[t] = len(group) / (time.perf_counter() - t0)
+            else:  # as the stage does: every task in one call
+                rows = _new_path(net, tok, info, items, args, timer)
             timings[path] = (time.perf_counter() - start, timer, per_task, rows)
             total, timer, per_task, _ = timings[path]
-            print(f"repeat {rep + 1} {path:<8} {total:7.1f} s (generation {timer['generate']:.1f} s, loss scoring "
-                  f"{timer['score']:.1f} s); items/s " + ", ".join(f"{t} {v:.2f}" for t, v in per_task.items()),
+            shared = f"prompt pass {timer['prompt']:.1f} s, " if path == "new" else ""
+            print(f"repeat {rep + 1} {path:<8} {total:7.1f} s, {len(items) / total:.2f} items/s ({shared}generation "
+                  f"{timer['generate']:.1f} s, loss scoring {timer['score']:.1f} s)" +
+                  ("; items/s per task " + ", ".join(f"{t} {v:.2f}" for t, v in per_task.items()) if per_task else ""),
                   flush=True)
+            if path == "new" and args.per_task:
+                print(f"repeat {rep + 1} new, each task alone: items/s " + ", ".join(
+                    f"{t} {_items_per_s(net, tok, info, [it for it in items if it.task == t], args):.2f}"
+                    for t in tasks), flush=True)
         if not args.no_baseline:
             ok, worst, differ = compare(timings["baseline"][3], timings["new"][3], args.tol)
             same, worst_all = same and ok, max(worst_all, worst)

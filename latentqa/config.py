@@ -213,7 +213,7 @@ class TrainConfig(Section):
         return self
 
 
-EvalTask = Literal["gist", "fact", "classification", "hidden_persona", "relational"]
+EvalTask = Literal["gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational"]
 EvalControl = Literal["shuffled", "zero", "text_only", "untrained_patch", "probe"]
 
 

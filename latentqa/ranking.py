@@ -1,15 +1,20 @@
-"""Rank candidate answers after a shared prompt: the prompt runs once, its KV cache serves every candidate.
+"""Read a prompt once, then answer and score from it: one prefill serves the greedy reply and every continuation.
 
-Identification scores K candidate answers to one question about one item's activations. Scoring each as a
-full sequence (placeholders + question + candidate) repeats the prompt K times; here each prompt is one
-prefill (with the activations patched in, as `answer_losses` does) and the K candidates continue from its
-cache, so a candidate costs only its own tokens. The losses equal `answer_losses` / `text_losses` of the same
-(prompt, candidate) up to float rounding (bench/evaluate.py measures it).
+Evaluation asks two things of each (activations, question) prompt: the decoder's greedy reply, and the loss of
+known continuations (the reference answer, or the K candidates of identification). Scoring each continuation as
+a full sequence repeats the prompt once per continuation, and generating repeats it once more. Here each prompt
+is one prefill (with the activations patched in, as `answer_losses` does); continuations run from copies of its
+KV cache, so a continuation costs only its own tokens, and the reply is decoded from the same cache, each row
+leaving the batch at its end-of-sequence token. Losses equal `answer_losses` / `text_losses` of the same
+(prompt, continuation) and replies equal `answer` / `text_answers`, up to float rounding (bench/evaluate.py
+measures both).
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,11 +24,20 @@ from latentqa.dialogs import encode, pad_id_of
 from latentqa.patching import patched_block
 
 
+@dataclass
+class Prefill:
+    """A left-padded prompt batch after one forward: its KV cache, the logits at the last position [B, V], the
+    attention mask and position ids [B, W]."""
+
+    cache: object
+    last_logits: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+
+
 @torch.no_grad()
-def continuation_losses(model, prompts: list[list[int]], continuations: list[list[list[int]]], pad_id: int,
-                        patch=None) -> list[list[float]]:
-    """Mean cross-entropy of each continuation (token ids) after its prompt; `patch(seq_len)` is a context that
-    patches the prefill (the prompt pass) only. Prompts are left-padded, continuations right-padded."""
+def prefill(model, prompts: list[list[int]], pad_id: int, patch=None) -> Prefill:
+    """One forward over the left-padded prompts; `patch(width)` is a context that patches this pass only."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -34,54 +48,134 @@ def continuation_losses(model, prompts: list[list[int]], continuations: list[lis
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     with patch(width) if patch else nullcontext():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    owner = torch.tensor([b for b, cs in enumerate(continuations) for _ in cs], device=device)
-    flat = [c for cs in continuations for c in cs]
-    cache = out.cache
-    cache.batch_select_indices(owner)  # each prompt's cache, once per candidate
-    c_width = max(len(c) for c in flat)
-    c_ids = torch.full((len(flat), c_width), pad_id, dtype=torch.long)
-    labels = torch.full_like(c_ids, -100)
-    for i, c in enumerate(flat):
-        c_ids[i, : len(c)] = labels[i, : len(c)] = torch.tensor(c)
-    c_ids, labels = c_ids.to(device), labels.to(device)
-    c_mask = torch.cat([mask[owner], (labels != -100).long()], dim=1)
-    c_pos = positions[owner, -1:] + 1 + torch.arange(c_width, device=device)
-    logits = model(input_ids=c_ids, attention_mask=c_mask, position_ids=c_pos, cache=cache).logits
-    # candidate token j is predicted by the position before it: the prompt's last one for j = 0
-    pred = torch.cat([out.logits[owner, -1:].float(), logits[:, :-1].float()], dim=1)
-    ce = torch.nn.functional.cross_entropy(pred.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    per = (ce.sum(-1) / (labels != -100).sum(-1).clamp_min(1)).tolist()
-    out_losses, k = [], 0
+    return Prefill(out.cache, out.logits[:, -1].float(), mask, positions)
+
+
+def rows_of(cache, idx: list[int]):
+    """A cache of the rows `idx` (repeats allowed), leaving `cache` as it was: selecting rebinds each layer's
+    tensors to new ones, so shallow copies of the layers suffice. A run of consecutive rows is a view, not a copy."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        for layer in out.layers:
+            if layer.keys is not None and layer.keys.numel():
+                layer.keys, layer.values = layer.keys[idx[0]: idx[0] + len(idx)], layer.values[idx[0]: idx[0] + len(idx)]
+    else:
+        out.batch_select_indices(torch.tensor(idx, device=cache.layers[0].keys.device))
+    return out
+
+
+@torch.no_grad()
+def score_continuations(model, pre: Prefill, continuations: list[list[list[int]]], pad_id: int,
+                        max_rows: int = 32) -> list[list[float]]:
+    """Mean cross-entropy of each continuation (token ids) after its prompt, at most `max_rows` continuations per
+    forward (their logits dominate memory), grouped by length (less padding). `pre` is left as it was."""
+    device = pre.mask.device
+    flat = [(b, c) for b, cs in enumerate(continuations) for c in cs]
+    order = sorted(range(len(flat)), key=lambda i: (len(flat[i][1]), i))
+    per = [0.0] * len(flat)
+    for start in range(0, len(flat), max_rows):
+        chunk = sorted(order[start: start + max_rows])  # prompt order within a chunk: often a view of the cache
+        owners = [flat[i][0] for i in chunk]
+        width = max(len(flat[i][1]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        for row, i in enumerate(chunk):
+            c = flat[i][1]
+            ids[row, : len(c)] = labels[row, : len(c)] = torch.tensor(c)
+        ids, labels = ids.to(device), labels.to(device)
+        owner = torch.tensor(owners, device=device)
+        mask = torch.cat([pre.mask[owner], (labels != -100).long()], dim=1)
+        positions = pre.positions[owner, -1:] + 1 + torch.arange(width, device=device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       cache=rows_of(pre.cache, owners)).logits
+        # continuation token j is predicted by the position before it: the prompt's last one for j = 0
+        pred = torch.cat([pre.last_logits[owner, None], logits[:, :-1].float()], dim=1)
+        ce = torch.nn.functional.cross_entropy(pred.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        for i, value in zip(chunk, (ce.sum(-1) / (labels != -100).sum(-1).clamp_min(1)).tolist()):
+            per[i] = value
+    out, k = [], 0
     for cs in continuations:
-        out_losses.append(per[k: k + len(cs)])
+        out.append(per[k: k + len(cs)])
         k += len(cs)
-    return out_losses
+    return out
+
+
+@torch.no_grad()
+def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int) -> list[list[int]]:
+    """Greedy token ids after each prompt, up to and including its end-of-sequence token. A row that ends leaves
+    the batch, so later steps cost only the rows still writing. Consumes `pre.cache`."""
+    rows = pre.mask.shape[0]
+    out: list[list[int]] = [[] for _ in range(rows)]
+    if max_new_tokens <= 0:
+        return out
+    alive = torch.arange(rows, device=pre.mask.device)
+    cache, mask, position = pre.cache, pre.mask, pre.positions[:, -1:]
+    token = pre.last_logits.argmax(-1)
+    for step in range(max_new_tokens):
+        for r, t in zip(alive.tolist(), token.tolist()):
+            out[r].append(t)
+        going = token != eos_id
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, mask, position, token = alive[keep], mask[keep], position[keep], token[keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        position = position + 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache).logits
+        token = logits[:, -1].float().argmax(-1)
+    return out
+
+
+def replies(tokenizer, ids: list[list[int]]) -> list[str]:
+    """Token ids as the reply text (end-of-sequence and other special tokens dropped)."""
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
+def continuation_losses(model, prompts: list[list[int]], continuations: list[list[list[int]]], pad_id: int,
+                        patch=None, max_rows: int = 32) -> list[list[float]]:
+    """Each continuation's loss after its prompt (one prefill per prompt)."""
+    return score_continuations(model, prefill(model, prompts, pad_id, patch), continuations, pad_id, max_rows)
+
+
+def decoder_prompts(decoder, tokenizer, acts, questions, continuations, ph_id, write_layer, norm_match):
+    """(prompt ids, continuation ids, the patch of the prompt pass) for the decoder reading `acts`; each
+    continuation is a text answered after the question."""
+    examples = [encode_example(tokenizer, len(a), q, None, ph_id) for a, q in zip(acts, questions)]
+    prompts = [e.input_ids for e in examples]
+    conts = [[encode_example(tokenizer, len(a), q, c, ph_id).input_ids[len(p):] for c in cs]
+             for a, q, cs, p in zip(acts, questions, continuations, prompts)]
+    device = next(decoder.parameters()).device
+
+    def patch(width: int):
+        batch = collate(examples, acts, pad_id_of(tokenizer), device, norm_match)
+        assert batch.input_ids.shape[1] == width, f"prompt width {batch.input_ids.shape[1]} != {width}"
+        return patched_block(write_block(decoder, write_layer), batch.patch)
+
+    return prompts, conts, patch
+
+
+def text_prompts(tokenizer, texts, questions, continuations):
+    """(prompt ids, continuation ids) for the text-only reader: the dialog as text, then the question."""
+    from latentqa.generate import _text_prompt
+
+    prompts = [_text_prompt(tokenizer, t, q) for t, q in zip(texts, questions)]
+    return prompts, [[encode(tokenizer, c) + [tokenizer.eos_token_id] for c in cs] for cs in continuations]
 
 
 def decoder_candidate_losses(decoder, tokenizer, acts: list[np.ndarray], questions: list[str],
                              candidates: list[list[str]], ph_id: int, write_layer: int,
                              norm_match: bool = False) -> list[list[float]]:
     """Per item, the loss of each candidate answer under the decoder with the item's activations patched in."""
-    examples = [encode_example(tokenizer, len(a), q, None, ph_id) for a, q in zip(acts, questions)]
-    prompts = [e.input_ids for e in examples]
-    conts = [[encode_example(tokenizer, len(a), q, c, ph_id).input_ids[len(p):] for c in cands]
-             for a, q, cands, p in zip(acts, questions, candidates, prompts)]
-    pad_id = pad_id_of(tokenizer)
-    device = next(decoder.parameters()).device
-
-    def patch(width: int):
-        batch = collate(examples, acts, pad_id, device, norm_match)
-        assert batch.input_ids.shape[1] == width, f"prompt width {batch.input_ids.shape[1]} != {width}"
-        return patched_block(write_block(decoder, write_layer), batch.patch)
-
-    return continuation_losses(decoder, prompts, conts, pad_id, patch)
+    prompts, conts, patch = decoder_prompts(decoder, tokenizer, acts, questions, candidates, ph_id, write_layer,
+                                             norm_match)
+    return continuation_losses(decoder, prompts, conts, pad_id_of(tokenizer), patch)
 
 
 def text_candidate_losses(model, tokenizer, texts: list[str], questions: list[str],
                           candidates: list[list[str]]) -> list[list[float]]:
     """Per item, the loss of each candidate after the text-only reader's prompt (no activations)."""
-    from latentqa.generate import _text_prompt
-
-    prompts = [_text_prompt(tokenizer, t, q) for t, q in zip(texts, questions)]
-    conts = [[encode(tokenizer, c) + [tokenizer.eos_token_id] for c in cands] for cands in candidates]
+    prompts, conts = text_prompts(tokenizer, texts, questions, candidates)
     return continuation_losses(model, prompts, conts, pad_id_of(tokenizer))

@@ -32,7 +32,8 @@ SPLIT = pa.schema([*QA, ("split", pa.string())])
 METRICS = pa.schema([
     ("task", pa.string()), ("item_id", pa.string()), ("condition", pa.string()), ("question", pa.string()),
     ("reference", pa.string()), ("generated", pa.string()), ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
-    ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()), ("judge", pa.float64()),
+    ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()), ("calibrated", pa.bool_()),
+    ("attributed", pa.bool_()), ("judge", pa.float64()),
     ("k", pa.int32()),
 ])
 STEER_RESULTS = pa.schema([

@@ -7,8 +7,8 @@ Writes  evaluate/<fp>/{metrics,summary,margins}.parquet, report.md, scores.png +
 Resume  one pass; nothing to resume.
 
 Tasks (latentqa/evals/items.py): held-out QA pairs as gist and fact questions, a persona/goal/scenario
-classification, hidden personas (a held-out persona as a masked system prompt, identified among K candidates
-by answer loss) and relational facts ("Tell me about France." -> currency). Held-out items reuse the extracted
+classification, hidden personas and goals (a held-out persona or goal as a masked system prompt, identified
+among the K descriptions of its block by calibrated answer loss) and relational facts ("Tell me about France." -> currency). Held-out items reuse the extracted
 activations; hidden-persona and relational prompts are read from the target here. Controls
 (latentqa/evals/harness.py): shuffled and zero activations, a text-only reader, the untrained model with the
 activations patched in, and a linear probe. Every score carries n and a seeded 95% bootstrap interval; the
@@ -22,8 +22,9 @@ from typing import Any, Callable
 from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import load_decoder
 from latentqa.dialogs import pad_id_of
-from latentqa.evals.harness import Scorer, margins, score_task, summarize, verdicts
-from latentqa.evals.items import TASKS, Item, heldout_items, hidden_persona_items, relational_items, sample_per_task
+from latentqa.evals.harness import Scorer, margins, score_items, summarize, verdicts
+from latentqa.evals.items import (HIDDEN, TASKS, Item, heldout_items, hidden_persona_items, relational_items,
+                                  sample_per_task)
 from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
@@ -37,7 +38,7 @@ from storage.store import Store
 from tasks._common import (Progress, activation_reader, endpoint_client, fail_if_asked, logger, provenance, publish,
                            publish_image, stage_task)
 
-STAGE, VERSION = "evaluate", 4  # 4: intervals, paired margins, shuffles across labels, ties are misses
+STAGE, VERSION = "evaluate", 5  # 5: identification in blocks of K, calibrated (primary) and attribution
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
@@ -63,15 +64,25 @@ def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], 
     for it in stored:  # views into the extracted parts, only for the items kept
         it.acts = reader.acts(it.dialog_id, layer)
     fresh: list[Item] = []
-    if "hidden_persona" in cfg.tasks:
-        if cfg.hidden_persona_file:  # e.g. the LatentQA release's personas (latentqa import-latentqa)
-            personas = {r["label"]: r for r in read_table(cfg.hidden_persona_file).to_pylist()}
-        else:
-            personas = heldout_personas(split_rows, dialogs)
-        fresh += hidden_persona_items(list(personas.values()), tok, cfg.identification_k, cfg.seed)
     if "relational" in cfg.tasks:
-        fresh += relational_items(tok, cfg.relational_facts, cfg.seed)
-    return stored, sample_per_task(fresh, cfg.max_examples, cfg.seed)
+        fresh += sample_per_task(relational_items(tok, cfg.relational_facts, cfg.seed), cfg.max_examples, cfg.seed)
+    for task in (t for t in HIDDEN if t in cfg.tasks):
+        if task == "hidden_persona" and cfg.hidden_persona_file:  # e.g. the release's (latentqa import-latentqa)
+            hidden = {r["label"]: r for r in read_table(cfg.hidden_persona_file).to_pylist()}
+        else:
+            hidden = heldout_controls(split_rows, dialogs, HIDDEN[task])
+        fresh += whole_blocks(hidden_persona_items(list(hidden.values()), tok, cfg.identification_k, cfg.seed, task),
+                              cfg.max_examples)
+    return stored, fresh
+
+
+def whole_blocks(items: list[Item], n: int | None) -> list[Item]:
+    """At most n identification items (at least one block), whole blocks only: calibration needs every member.
+    The blocks come in a seeded order, so the first ones are a seeded sample."""
+    if n is None or not items:
+        return items
+    size = len(items[0].peers or [None])
+    return items[: max(size, n - n % size)]
 
 
 def scoring_progress(items: list[Item], controls: list[str]) -> Callable[[str, int], None]:
@@ -90,13 +101,13 @@ def scoring_progress(items: list[Item], controls: list[str]) -> Callable[[str, i
     return tell
 
 
-def heldout_personas(split_rows: list[dict], dialogs: dict[str, dict]) -> dict[str, dict]:
-    """The held-out personas as hidden system prompts: label -> {label, text, stimulus_user}, from the label's
-    system-variant dialog where it has one (else any of its dialogs with a user stimulus)."""
+def heldout_controls(split_rows: list[dict], dialogs: dict[str, dict], family: str) -> dict[str, dict]:
+    """The held-out controls of a family as hidden system prompts: label -> {label, text, stimulus_user}, from
+    the label's system-variant dialog where it has one (else any of its dialogs with a user stimulus)."""
     out: dict[str, dict] = {}
     for r in split_rows:
         d = dialogs[r["dialog_id"]]
-        if r["family"] != "persona" or not d["stimulus_user"]:
+        if r["family"] != family or not d["stimulus_user"]:
             continue
         if r["label"] not in out or d.get("variant") == "system":
             out[r["label"]] = {"label": r["label"], "text": d["control_user"], "stimulus_user": d["stimulus_user"]}
@@ -134,12 +145,10 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         with net.disable_adapter():  # the target is the untrained model
             read_fresh(net, fresh, info.read_layer, pad_id, cfg.batch_size)
         probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None
-        items = stored + fresh
+        items = sorted(stored + fresh, key=lambda it: TASKS.index(it.task))  # the report's task order
         scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items, cfg.controls))
         tasks = [t for t in TASKS if any(it.task == t for it in items)]
-        rows = []
-        for task in tasks:
-            rows += score_task(scorer, [it for it in items if it.task == task], cfg.controls, cfg.seed, probe)
+        rows = score_items(scorer, items, cfg.controls, cfg.seed, probe)
         scores = [None] * len(rows)
         if cfg.judge:
             with endpoint_client(endpoint, store) as llm:

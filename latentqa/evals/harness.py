@@ -8,8 +8,14 @@
   untrained_patch  the untrained model with the activations patched in (Patchscopes / SelfIE style)
   probe            a linear probe on mean-pooled activations (classification items only)
 
-Identification (hidden persona): the true description must have a strictly lower answer loss than every other
-candidate (a tie is a miss, so a condition that scores every candidate alike is never credited).
+Identification (hidden persona and hidden goal, items in blocks of K whose candidates are the block's descriptions; a tie is
+always a miss, so a condition that scores every candidate alike is never credited):
+  identification  the true description has a strictly lower loss than every other candidate
+  calibrated      the same after each description's loss is taken relative to its mean over the block's K
+                  activations (the primary score: it cancels how likely a description is whatever the
+                  activations, the confound of READING_SPIKE.md, and how easy an item's activations make every
+                  answer)
+  attribution     the description's loss is lowest under its own item's activations among the block's K
 Every score comes with n and a seeded 95% bootstrap interval, and each margin over a control with a paired one
 (latentqa/evals/stats.py).
 """
@@ -18,21 +24,22 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
 
+from latentqa.dialogs import pad_id_of
 from latentqa.evals.items import Item, read_text
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.stats import Interval, bootstrap, paired, reads
-from latentqa.generate import answer, answer_losses, text_answers, text_losses
-from latentqa.ranking import decoder_candidate_losses, text_candidate_losses
 from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f1
+from latentqa.ranking import decoder_prompts, greedy, prefill, replies, score_continuations, text_prompts
 
 CONTROLS = ("shuffled", "zero", "text_only", "untrained_patch", "probe")
-PRIMARY = {"gist": "token_f1", "fact": "token_f1", "classification": "exact", "hidden_persona": "identification",
-           "relational": "exact"}
+PRIMARY = {"gist": "token_f1", "fact": "token_f1", "classification": "exact", "hidden_persona": "calibrated",
+           "hidden_goal": "calibrated", "relational": "exact"}
 
 
 def shuffled_sources(sources: list[str], seed: int) -> list[int]:
@@ -48,7 +55,7 @@ def shuffled_sources(sources: list[str], seed: int) -> list[int]:
     return out
 
 
-def _batched(fn, n: int, size: int, *columns, done: Callable[[int], None] | None = None):
+def _batched(fn, n: int, size: int, *columns, done: Callable[[list[int]], None] | None = None):
     """fn over batches of `size` rows, rows grouped by length (less padding), results in the input order."""
     order = sorted(range(n), key=lambda i: tuple(len(c[i]) for c in columns))
     out: list = [None] * n
@@ -57,74 +64,89 @@ def _batched(fn, n: int, size: int, *columns, done: Callable[[int], None] | None
         for j, r in zip(idx, fn(*[[c[j] for j in idx] for c in columns])):
             out[j] = r
         if done:
-            done(len(idx))
+            done(idx)
     return out
 
 
 class Scorer:
-    """Answers and losses for one decoder (a peft model: the adapter off gives the untrained model).
+    """Replies and continuation losses for one decoder (a peft model: the adapter off gives the untrained model).
 
-    `progress(what, n)` is told of every batch done: "replies generated", "answers scored", "items ranked"."""
+    Each batch of prompts is read once (latentqa/ranking.py): its continuations (the reference, or the
+    identification candidates) are scored from the prompt's KV cache and the greedy reply is decoded from it.
+    `progress(what, n)` is told of every batch done: "replies generated", and "answers scored" or "items ranked".
+    `seconds` splits the time spent into the prompt pass, loss scoring and generation."""
 
     def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int,
                  progress: Callable[[str, int], None] | None = None):
         self.net, self.tok, self.info, self.bs, self.max_new = net, tokenizer, info, batch_size, max_new_tokens
         self.progress = progress or (lambda what, n: None)
+        self.seconds = {"prompt": 0.0, "score": 0.0, "generate": 0.0}
 
     def _weights(self, trained: bool):
         """The decoder as trained, or the untrained model (the same weights with the adapter switched off)."""
         return nullcontext() if trained else self.net.disable_adapter()
 
-    def _tell(self, what: str):
-        return lambda n: self.progress(what, n)
-
-    def generate(self, acts, questions, trained: bool = True) -> list[str]:
-        def run(a, q):
-            return answer(self.net, self.tok, a, q, self.info.placeholder_id, self.info.write_layer, self.max_new,
-                          self.info.norm_match)
-        with self._weights(trained):
-            return _batched(run, len(acts), self.bs, acts, questions, done=self._tell("replies generated"))
-
-    def losses(self, acts, questions, answers, trained: bool = True) -> list[float]:
-        def run(a, q, r):
-            return answer_losses(self.net, self.tok, a, q, r, self.info.placeholder_id, self.info.write_layer,
-                                 self.info.norm_match)
-        with self._weights(trained):
-            return _batched(run, len(acts), self.bs, acts, questions, answers, done=self._tell("answers scored"))
-
-    def candidate_losses(self, acts, questions, candidates, trained: bool = True) -> list[list[float]]:
-        """Per item, each candidate's loss, the prompt computed once per item (latentqa/ranking.py)."""
+    def read(self, acts, questions, continuations, trained: bool = True) -> list[tuple[str, list[float]]]:
+        """Per item, (the greedy reply, each continuation's loss) with the item's activations patched in."""
         def run(a, q, c):
-            return decoder_candidate_losses(self.net, self.tok, a, q, c, self.info.placeholder_id,
-                                            self.info.write_layer, self.info.norm_match)
+            prompts, conts, patch = decoder_prompts(self.net, self.tok, a, q, c, self.info.placeholder_id,
+                                                    self.info.write_layer, self.info.norm_match)
+            return self._answer(prompts, conts, patch)
         with self._weights(trained):
-            return _batched(run, len(acts), self._items_per_ranking(candidates), acts, questions, candidates,
-                            done=self._tell("items ranked"))
+            return _batched(run, len(acts), self.bs, acts, questions, continuations, done=self._done(continuations))
 
-    def text(self, texts, questions) -> list[str]:
+    def read_text(self, texts, questions, continuations) -> list[tuple[str, list[float]]]:
+        """The same for the text-only reader: the untrained model, the dialog as text, no activations."""
+        def run(t, q, c):
+            return self._answer(*text_prompts(self.tok, t, q, c), None)
         with self._weights(trained=False):
-            return _batched(lambda t, q: text_answers(self.net, self.tok, t, q, self.max_new), len(texts), self.bs,
-                            texts, questions, done=self._tell("replies generated"))
+            return _batched(run, len(texts), self.bs, texts, questions, continuations, done=self._done(continuations))
 
-    def text_losses(self, texts, questions, answers) -> list[float]:
-        with self._weights(trained=False):
-            return _batched(lambda t, q, a: text_losses(self.net, self.tok, t, q, a), len(texts), self.bs,
-                            texts, questions, answers, done=self._tell("answers scored"))
+    def _answer(self, prompts, conts, patch) -> list[tuple[str, list[float]]]:
+        pad = pad_id_of(self.tok)
+        t0 = time.perf_counter()
+        pre = prefill(self.net, prompts, pad, patch)
+        t1 = time.perf_counter()
+        # rows of continuations per forward: their logits [rows, len, vocab] dominate memory
+        losses = score_continuations(self.net, pre, conts, pad, max_rows=max(self.bs, 8))
+        t2 = time.perf_counter()
+        texts = replies(self.tok, greedy(self.net, pre, self.max_new, self.tok.eos_token_id))
+        t3 = time.perf_counter()
+        for part, dt in zip(self.seconds, (t1 - t0, t2 - t1, t3 - t2)):
+            self.seconds[part] += dt
+        return list(zip(texts, losses))
 
-    def text_candidate_losses(self, texts, questions, candidates) -> list[list[float]]:
-        with self._weights(trained=False):
-            return _batched(lambda t, q, c: text_candidate_losses(self.net, self.tok, t, q, c), len(texts),
-                            self._items_per_ranking(candidates), texts, questions, candidates,
-                            done=self._tell("items ranked"))
-
-    def _items_per_ranking(self, candidates) -> int:
-        # a batch holds batch_size candidate sequences (their logits dominate memory), so fewer items
-        return max(1, self.bs // max(len(c) for c in candidates))
+    def _done(self, continuations) -> Callable[[list[int]], None]:
+        def tell(rows: list[int]) -> None:
+            ranked = sum(len(continuations[r]) > 1 for r in rows)
+            self.progress("replies generated", len(rows))
+            for what, n in (("items ranked", ranked), ("answers scored", len(rows) - ranked)):
+                if n:
+                    self.progress(what, n)
+        return tell
 
 
 def first_strictly_lowest(losses: list[float]) -> bool:
     """Identification's hit: the truth (index 0) beats every distractor; a tie is a miss."""
     return len(losses) > 1 and all(losses[0] < other for other in losses[1:])
+
+
+def block_hits(items: list[Item], ranked: list[list[float]]) -> tuple[list[bool | None], list[bool | None]]:
+    """Per item, (calibrated, attribution) hits from its block's K x K losses; None for an item whose block is
+    not all among `items`. loss[a][c]: description c under item a's activations (candidate order = peers)."""
+    row = {it.item_id: k for k, it in enumerate(items)}
+    loss = {(it.item_id, peer): ranked[k][j] for k, it in enumerate(items) for j, peer in enumerate(it.peers or [])}
+    calibrated, attributed = [], []
+    for it in items:
+        block = it.peers or []
+        if len(block) < 2 or any(p not in row for p in block):
+            calibrated.append(None)
+            attributed.append(None)
+            continue
+        mean = {c: float(np.mean([loss[(a, c)] for a in block])) for c in block}
+        calibrated.append(first_strictly_lowest([loss[(it.item_id, c)] - mean[c] for c in block]))
+        attributed.append(first_strictly_lowest([loss[(a, it.item_id)] for a in block]))
+    return calibrated, attributed
 
 
 def _conditions(items: list[Item], controls: list[str], seed: int) -> dict[str, list]:
@@ -140,65 +162,96 @@ def _conditions(items: list[Item], controls: list[str], seed: int) -> dict[str, 
     return patched
 
 
-def _patched_results(scorer: Scorer, items: list[Item], patched: dict[str, list], trained: bool) -> dict:
-    """{condition: (answers, reference losses, candidate losses or None)} for the conditions that share one model
-    state, all their rows in one batched pass (the reference is candidate 0 where there are candidates)."""
-    conditions = [c for c in patched if (c != "untrained_patch") == trained]
-    if not conditions:
+def _continuations(items: list[Item]) -> list[list[str]]:
+    """What each item's losses are taken of: its candidates (truth first), else its reference answer."""
+    return [it.candidates or [it.reference] for it in items]
+
+
+def _split(items: list[Item], read: list[tuple[str, list[float]]]) -> tuple[list[str], list[float], list | None]:
+    """(replies, reference losses, candidate losses or None) from `Scorer.read` results."""
+    ranked = [losses for _, losses in read] if items[0].candidates else None
+    return [reply for reply, _ in read], [losses[0] for _, losses in read], ranked
+
+
+def _read_state(scorer: Scorer, groups: dict[str, list[Item]], patched: dict[str, dict], trained: bool) -> dict:
+    """{(task, condition): (replies, reference losses, candidate losses or None)} for the patched conditions of
+    every task that share one model state, all their rows read in one batched pass."""
+    plan = [(t, c) for t in groups for c in patched[t] if (c != "untrained_patch") == trained]
+    if not plan:
         return {}
-    acts = [a for c in conditions for a in patched[c]]
-    questions = [it.question for it in items] * len(conditions)
-    answers = scorer.generate(acts, questions, trained)
-    if items[0].candidates:
-        ranked = scorer.candidate_losses(acts, questions, [it.candidates for it in items] * len(conditions), trained)
-        losses = [r[0] for r in ranked]
-    else:
-        ranked, losses = None, scorer.losses(acts, questions, [it.reference for it in items] * len(conditions), trained)
-    n = len(items)
-    return {c: (answers[k * n:(k + 1) * n], losses[k * n:(k + 1) * n], ranked and ranked[k * n:(k + 1) * n])
-            for k, c in enumerate(conditions)}
+    read = scorer.read([a for t, c in plan for a in patched[t][c]],
+                       [it.question for t, _ in plan for it in groups[t]],
+                       [cont for t, _ in plan for cont in _continuations(groups[t])], trained)
+    return _by_group(plan, groups, read)
 
 
-def _text_results(scorer: Scorer, items: list[Item]) -> tuple[list[str], list[float], list | None]:
-    texts, questions = [read_text(scorer.tok, it) for it in items], [it.question for it in items]
-    answers = scorer.text(texts, questions)
-    if items[0].candidates:
-        ranked = scorer.text_candidate_losses(texts, questions, [it.candidates for it in items])
-        return answers, [r[0] for r in ranked], ranked
-    return answers, scorer.text_losses(texts, questions, [it.reference for it in items]), None
+def _read_texts(scorer: Scorer, groups: dict[str, list[Item]]) -> dict:
+    plan = [(t, "text_only") for t in groups]
+    read = scorer.read_text([read_text(scorer.tok, it) for t in groups for it in groups[t]],
+                            [it.question for t in groups for it in groups[t]],
+                            [cont for t in groups for cont in _continuations(groups[t])])
+    return _by_group(plan, groups, read)
 
 
-def score_task(scorer: Scorer, items: list[Item], controls: list[str], seed: int,
-               probe: Probe | None = None) -> list[dict]:
-    """Metric rows (one per item and condition) for the items of one task."""
+def _by_group(plan: list[tuple[str, str]], groups: dict[str, list[Item]], read: list) -> dict:
+    out, k = {}, 0
+    for task, condition in plan:
+        n = len(groups[task])
+        out[(task, condition)] = _split(groups[task], read[k: k + n])
+        k += n
+    return out
+
+
+def score_items(scorer: Scorer, items: list[Item], controls: list[str], seed: int,
+                probe: Probe | None = None) -> list[dict]:
+    """Metric rows (one per item and condition). Items of several tasks are read together: the rows of every
+    task that share a model state go through one batched pass (fuller batches; generation's per-step cost is
+    mostly fixed). Shuffles stay within a task."""
     assert all(it.candidates[0] == it.reference for it in items if it.candidates), "candidate 0 must be the truth"
-    patched = _conditions(items, controls, seed)
-    results = {**_patched_results(scorer, items, patched, trained=True),
-               **_patched_results(scorer, items, patched, trained=False)}
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        groups.setdefault(it.task, []).append(it)
+    patched = {t: _conditions(g, controls, seed) for t, g in groups.items()}
+    results = {**_read_state(scorer, groups, patched, trained=True),
+               **_read_state(scorer, groups, patched, trained=False)}
     if "text_only" in controls:
-        results["text_only"] = _text_results(scorer, items)
-    if "probe" in controls and probe is not None and items[0].task == "classification":  # the probe's classes
-        results["probe"] = (probe.predict(mean_pool([it.acts for it in items])), [math.nan] * len(items), None)
+        results.update(_read_texts(scorer, groups))
+    if "probe" in controls and probe is not None and "classification" in groups:  # the probe's classes
+        group = groups["classification"]
+        results[("classification", "probe")] = (probe.predict(mean_pool([it.acts for it in group])),
+                                                [math.nan] * len(group), None)
     rows = []
-    for condition, (generated, losses, ranked) in results.items():
-        for k, (it, g, loss) in enumerate(zip(items, generated, losses)):
-            rows.append({"task": it.task, "item_id": it.item_id, "condition": condition, "question": it.question,
-                         "reference": it.reference, "generated": g, "rouge_l": rouge_l(g, it.reference),
-                         "token_f1": token_f1(g, it.reference),
-                         "exact": exclusive_choice(g, it.reference, it.choices) if it.choices
-                         else contains_answer(g, it.reference),
-                         "loss": loss, "identified": first_strictly_lowest(ranked[k]) if ranked else None,
-                         "k": len(it.candidates) if it.candidates else None})
+    for task, group in groups.items():
+        for condition in ("decoder", *CONTROLS):
+            if (task, condition) in results:
+                rows += _rows(group, condition, *results[(task, condition)])
+    return rows
+
+
+def _rows(items: list[Item], condition: str, generated: list[str], losses: list[float], ranked) -> list[dict]:
+    calibrated, attributed = block_hits(items, ranked) if ranked else ([None] * len(items), [None] * len(items))
+    rows = []
+    for k, (it, g, loss) in enumerate(zip(items, generated, losses)):
+        rows.append({"task": it.task, "item_id": it.item_id, "condition": condition, "question": it.question,
+                     "reference": it.reference, "generated": g, "rouge_l": rouge_l(g, it.reference),
+                     "token_f1": token_f1(g, it.reference),
+                     "exact": exclusive_choice(g, it.reference, it.choices) if it.choices
+                     else contains_answer(g, it.reference),
+                     "loss": loss, "identified": first_strictly_lowest(ranked[k]) if ranked else None,
+                     "calibrated": calibrated[k], "attributed": attributed[k],
+                     "k": len(it.candidates) if it.candidates else None})
     return rows
 
 
 SCORES = ("rouge_l", "token_f1", "exact")
+BLOCK_METRICS = {"identification": "identified", "calibrated": "calibrated", "attribution": "attributed"}
 
 
 def _values(rows: list[dict], metric: str) -> dict[str, float]:
     """{item_id: value} of one metric over rows that have it (loss: not NaN; identification: where computed)."""
-    if metric == "identification":
-        return {r["item_id"]: float(r["identified"]) for r in rows if r["identified"] is not None}
+    if metric in BLOCK_METRICS:
+        column = BLOCK_METRICS[metric]
+        return {r["item_id"]: float(r[column]) for r in rows if r.get(column) is not None}
     if metric in ("loss", "judge"):
         return {r["item_id"]: r[metric] for r in rows if r.get(metric) is not None and not math.isnan(r[metric])}
     return {r["item_id"]: r[metric] for r in rows}
@@ -216,7 +269,7 @@ def summarize(rows: list[dict], seed: int) -> list[dict]:
     identification only where it was computed, loss only where defined."""
     out = []
     for (task, condition), rs in _groups(rows).items():
-        for metric in (*SCORES, "loss", "identification", "judge"):
+        for metric in (*SCORES, "loss", *BLOCK_METRICS, "judge"):
             if vals := list(_values(rs, metric).values()):
                 ci = bootstrap(vals, seed)
                 out.append({"task": task, "condition": condition, "metric": metric, "value": round(ci.mean, 4),

@@ -4,6 +4,7 @@
   fact            held-out implication / extractive QA pairs (scenario facts, behaviour in a situation)
   classification  "Which kind of control shapes the replies?" -> persona | goal | scenario (probe-able)
   hidden_persona  a held-out persona as the system prompt (masked); identify it among K candidates
+  hidden_goal     the same with a held-out goal ("What has the assistant been asked to do?")
   relational      "Tell me about France." -> "What currency is used ...?" (latentqa/evals/facts.yaml)
 """
 
@@ -16,11 +17,12 @@ from importlib import resources
 import numpy as np
 import yaml
 
-from latentqa.describe import PERSONA_QUESTION, describe
+from latentqa.describe import describe
 from latentqa.dialogs import encode_dialog
 
 FAMILIES = ("persona", "goal", "scenario")
-TASKS = ("gist", "fact", "classification", "hidden_persona", "relational")
+TASKS = ("gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational")
+HIDDEN = {"hidden_persona": "persona", "hidden_goal": "goal"}  # identification task -> the family it hides
 CLASS_QUESTION = "Is the assistant following a persona, a goal or a scenario? Answer with one word."
 
 
@@ -34,6 +36,7 @@ class Item:
     n_prefix: int  # the target's activations at positions >= n_prefix are what the decoder reads
     label: str | None = None  # the class, for the probe
     candidates: list[str] | None = None  # identification: candidates[0] is the true description
+    peers: list[str] | None = None  # identification: the item_ids whose descriptions the candidates are, self first
     dialog_id: str | None = None  # the extracted dialog whose activations the item uses (held-out items)
     choices: list[str] | None = None  # classification: exact match means naming the reference and no other
     acts: np.ndarray | None = field(default=None, repr=False)  # [n, d], filled from the store or a fresh read
@@ -64,23 +67,33 @@ def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant
     return out
 
 
-def hidden_persona_items(personas: list[dict], tokenizer, k: int, seed: int) -> list[Item]:
-    """Each persona as a hidden system prompt over its stimulus; K-1 distractors from the same list. Every
-    candidate is a persona's description in one style (latentqa/describe.py), so only content tells them apart."""
-    rng = random.Random(seed)
-    out = []
+def hidden_persona_items(personas: list[dict], tokenizer, k: int, seed: int, task: str = "hidden_persona") -> list[Item]:
+    """Each persona (or goal, for `hidden_goal`) as a hidden system prompt over its stimulus, in seeded blocks of
+    K: an item's candidates are the descriptions of its block, its own first. Every candidate is a description in
+    one style
+    (latentqa/describe.py), so only content tells them apart, and a block's K x K losses (each description under
+    each member's activations) let identification be calibrated: a description's loss is taken relative to its
+    mean over the block, which cancels how likely the description is whatever the activations. Personas that do
+    not fill a last block are left out (fewer than K in all: one block of them)."""
     if len(personas) < 2:  # nothing to tell the true persona from
-        return out
-    described = {q["label"]: describe("persona", q["text"])[1] for q in personas}  # once, not once per persona
-    for p in personas:
-        others = [d for label, d in described.items() if label != p["label"]]
-        distractors = rng.sample(others, min(k - 1, len(others)))
-        dialog = {"control_user": p["text"], "control_model": "", "stimulus_user": p["stimulus_user"],
-                  "stimulus_model": ""}
-        enc = encode_dialog(tokenizer, dialog, "system")
-        truth = described[p["label"]]
-        out.append(Item("hidden_persona", p["label"], PERSONA_QUESTION, truth, enc.token_ids, enc.n_prefix,
-                        candidates=[truth, *distractors], source=p["label"]))
+        return []
+    order = list(personas)
+    random.Random(seed).shuffle(order)
+    size = min(k, len(order))
+    blocks = [order[i: i + size] for i in range(0, len(order) - size + 1, size)]
+    question = describe(HIDDEN[task], "")[0]
+    described = {q["label"]: describe(HIDDEN[task], q["text"])[1] for q in order}  # once, not once per item
+    out = []
+    for block in blocks:
+        labels = [q["label"] for q in block]
+        for p in block:
+            peers = [p["label"], *(label for label in labels if label != p["label"])]
+            dialog = {"control_user": p["text"], "control_model": "", "stimulus_user": p["stimulus_user"],
+                      "stimulus_model": ""}
+            enc = encode_dialog(tokenizer, dialog, "system")
+            out.append(Item(task, p["label"], question, described[p["label"]], enc.token_ids,
+                            enc.n_prefix, candidates=[described[label] for label in peers], peers=peers,
+                            source=p["label"]))
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from latentqa.evals.harness import PRIMARY
 
-METRICS = ("identification", "exact", "token_f1", "rouge_l", "judge", "loss")
+METRICS = ("calibrated", "identification", "attribution", "exact", "token_f1", "rouge_l", "judge", "loss")
 
 
 def pivot(summary: list[dict], field: str = "value") -> dict[str, dict[str, dict[str, float]]]:

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from latentqa.dialogs import encode, encode_turns, pad_id_of
-from latentqa.evals.items import PERSONA_QUESTION
+from latentqa.describe import PERSONA_QUESTION
 from latentqa.generate import answer, answer_losses, greedy_continuations, left_pad, per_example_ce
 from latentqa.reading import read_spans
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latentqa.evals.harness import (Scorer, first_strictly_lowest, margins, score_task, shuffled_sources, summarize,
+from latentqa.evals.harness import (Scorer, first_strictly_lowest, margins, score_items, shuffled_sources, summarize,
                                     verdicts)
 from latentqa.evals.items import hidden_persona_items, load_facts, relational_items, sample_per_task
 from latentqa.evals.probe import Probe
@@ -45,18 +45,26 @@ PERSONAS = [{"label": f"persona-x-{i}", "text": text, "stimulus_user": "How was 
                                       "Respond as a tired knight.", "Answer as a shy robot.", "Talk like a wizard."])]
 
 
-def test_identification_candidates_are_the_truth_and_distractors_from_the_same_split(tokenizer):
+def test_identification_candidates_are_the_descriptions_of_a_block_of_k_personas(tokenizer):
     from latentqa.describe import describe
 
-    items = hidden_persona_items(PERSONAS, tokenizer, k=5, seed=0)
-    texts = {describe("persona", p["text"])[1] for p in PERSONAS}
-    for item, persona in zip(items, PERSONAS):
+    by_label = {p["label"]: p for p in PERSONAS}
+    items = hidden_persona_items(PERSONAS, tokenizer, k=3, seed=0)
+    assert len(items) == 6  # two blocks of three
+    peers = {it.item_id: it.peers for it in items}
+    for item in items:
+        persona = by_label[item.item_id]
         truth = describe("persona", persona["text"])[1]
         assert item.candidates[0] == truth == item.reference and item.source == persona["label"]
-        assert len(item.candidates) == 5 and len(set(item.candidates)) == 5
-        assert set(item.candidates[1:]) <= texts - {truth}  # distractors: other personas of the split
+        assert item.peers[0] == item.item_id and len(set(item.peers)) == 3
+        assert item.candidates == [describe("persona", by_label[p]["text"])[1] for p in item.peers]
+        assert all(set(peers[p]) == set(item.peers) for p in item.peers)  # a block: each member names the others
         assert persona["text"] not in tokenizer.decode(item.token_ids[item.n_prefix:])  # the system turn is masked
+    five = hidden_persona_items(PERSONAS, tokenizer, k=5, seed=0)
+    assert len(five) == 5 and all(len(set(it.candidates)) == 5 for it in five)  # the sixth fills no block
+    assert [it.item_id for it in five] != [it.item_id for it in hidden_persona_items(PERSONAS, tokenizer, 5, seed=1)]
     assert hidden_persona_items(PERSONAS[:1], tokenizer, k=5, seed=0) == []  # nothing to tell apart
+    assert len(hidden_persona_items(PERSONAS[:2], tokenizer, k=5, seed=0)) == 2  # one block of what there is
 
 
 def test_shuffled_activations_never_come_from_a_dialog_of_the_same_label():
@@ -79,14 +87,11 @@ def test_score_task_shuffles_across_labels(tiny, tokenizer):
     seen = {}
 
     class Recorder:
-        def generate(self, acts, questions, trained=True):
+        def read(self, acts, questions, continuations, trained=True):
             seen.setdefault("gen", []).append([float(a[0, 0]) for a in acts])
-            return ["x"] * len(acts)
+            return [("x", [1.0])] * len(acts)
 
-        def losses(self, acts, questions, refs, trained=True):
-            return [1.0] * len(acts)
-
-    harness.score_task(Recorder(), items, ["shuffled"], seed=3)
+    harness.score_items(Recorder(), items, ["shuffled"], seed=3)
     (both,) = seen["gen"]  # the decoder's rows, then the shuffled ones: one model state, one pass
     decoder, shuffled = both[:len(items)], both[len(items):]
     assert decoder == [float(i) for i in range(len(items))]
@@ -154,6 +159,7 @@ def test_probe_learns_a_separable_class():
 def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, tokenizer):
     """On the tiny random decoder: all controls produce rows; identification is a per-item boolean."""
     from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
+    from latentqa.evals.harness import block_hits
     from latentqa.evals.items import read_text
     from tasks.evaluate import read_fresh
 
@@ -165,7 +171,7 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
     with net.disable_adapter():
         read_fresh(net, items, 1, tokenizer.eos_token_id, batch_size=4)
     assert all(it.acts.shape == (len(it.token_ids) - it.n_prefix, model.config.hidden_size) for it in items)
-    rows = score_task(Scorer(net, tokenizer, info, 4, 3), items, ["shuffled", "zero", "text_only", "untrained_patch"],
+    rows = score_items(Scorer(net, tokenizer, info, 4, 3), items, ["shuffled", "zero", "text_only", "untrained_patch"],
                       seed=0)
     conditions = {r["condition"] for r in rows}
     assert conditions == {"decoder", "shuffled", "zero", "text_only", "untrained_patch"}
@@ -173,12 +179,17 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
     from latentqa.generate import answer_losses  # the plain path: one full forward per candidate, no cache
 
     decoder_rows = {r["item_id"]: r for r in rows if r["condition"] == "decoder"}
+    plains = []
     for it in items:
         plain = answer_losses(net, tokenizer, [it.acts] * 3, [it.question] * 3, it.candidates, ph, 0)
+        plains.append(plain)
         assert decoder_rows[it.item_id]["identified"] == first_strictly_lowest(plain)
         assert decoder_rows[it.item_id]["loss"] == pytest.approx(plain[0], abs=1e-4)  # the reference is candidate 0
+    calibrated, attributed = block_hits(items, plains)
+    assert [decoder_rows[it.item_id]["calibrated"] for it in items] == calibrated
+    assert [decoder_rows[it.item_id]["attributed"] for it in items] == attributed
     summary = summarize(rows, seed=0)
-    ident = {r["condition"]: r for r in summary if r["metric"] == "identification"}
+    ident = {r["condition"]: r for r in summary if r["metric"] == "calibrated"}  # the task's primary score
     assert set(ident) == conditions and all(r["n"] == len(items) for r in ident.values())
     assert all(r["lo"] <= r["value"] <= r["hi"] for r in summary)
     margin = margins(rows, seed=0)
@@ -187,7 +198,7 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
         assert m["n"] == len(items) and m["lo"] <= m["margin"] <= m["hi"]
         assert m["margin"] == pytest.approx(ident["decoder"]["value"] - ident[m["control"]]["value"], abs=1e-3)
     report = markdown(summary, margin, verdicts(summary), rows)
-    assert f"## hidden_persona (primary: identification, n={len(items)})" in report and "[" in report
+    assert f"## hidden_persona (primary: calibrated, n={len(items)})" in report and "[" in report
     assert read_text(tokenizer, items[0])
     assert len(sample_per_task(items, 2, seed=0)) == 2
 
@@ -251,7 +262,7 @@ def test_scoring_reports_progress_per_batch(tiny, tokenizer):
     level, log.level = log.level, logging.INFO
     disabled, log.disabled = log.disabled, False  # a logging.config.dictConfig earlier in the session (Prefect's
     try:                                          # setup) disables loggers that existed before it
-        score_task(scorer, items, controls, seed=0)
+        score_items(scorer, items, controls, seed=0)
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
@@ -262,3 +273,33 @@ def test_scoring_reports_progress_per_batch(tiny, tokenizer):
     ranked = [m for m in lines if m.startswith("evaluate: items ranked:")]
     assert len(generated) >= 3 and generated[-1] == f"evaluate: replies generated: {total}/{total}"
     assert len(ranked) >= 3 and ranked[-1] == f"evaluate: items ranked: {total}/{total}"
+
+
+def test_calibration_cancels_a_description_prior_that_raw_identification_falls_for(tokenizer):
+    from latentqa.evals.harness import block_hits
+
+    items = hidden_persona_items(PERSONAS, tokenizer, k=3, seed=0)
+    prior = {it.item_id: 0.5 * i for i, it in enumerate(items)}  # some descriptions are likelier whatever is read
+    own = 0.2  # reading: a description is a little likelier under its own item's activations
+    ranked = [[prior[c] - (own if c == it.item_id else 0.0) for c in it.peers] for it in items]
+    raw = [first_strictly_lowest(r) for r in ranked]
+    calibrated, attributed = block_hits(items, ranked)
+    assert calibrated == [True] * 6 and attributed == [True] * 6
+    assert not all(raw)  # the prior wins for the items whose description is not the block's likeliest
+    blind = [[prior[c] for c in it.peers] for it in items]  # the activations change nothing
+    assert block_hits(items, blind) == ([False] * 6, [False] * 6)  # ties everywhere: misses, not hits
+    partial = block_hits(items[:4], ranked[:4])  # a block not all scored: no calibrated score for its members
+    assert partial[0].count(None) >= 1 and None in partial[1]
+
+
+def test_hidden_goal_items_ask_the_goal_question_of_goal_descriptions(tokenizer):
+    from latentqa.describe import GOAL_QUESTION, describe
+
+    goals = [{"label": f"goal-{i}", "text": text, "stimulus_user": "Can you help me?"}
+             for i, text in enumerate(["Always answer in rhymes.", "Recommend a book in every reply.",
+                                       "Keep every answer under ten words."])]
+    items = hidden_persona_items(goals, tokenizer, k=3, seed=0, task="hidden_goal")
+    assert {it.task for it in items} == {"hidden_goal"} and all(it.question == GOAL_QUESTION for it in items)
+    by_label = {g["label"]: g["text"] for g in goals}
+    assert all(it.reference == describe("goal", by_label[it.item_id])[1] for it in items)
+    assert all(by_label[it.item_id] not in tokenizer.decode(it.token_ids[it.n_prefix:]) for it in items)

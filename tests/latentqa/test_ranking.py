@@ -45,3 +45,43 @@ def test_text_candidate_losses_equal_the_text_readers_losses(decoder, tokenizer)
         for t, q, cands, got in zip(texts, questions, CANDIDATES, fast):
             slow = text_losses(decoder, tokenizer, [t] * len(cands), [q] * len(cands), cands)
             assert np.allclose(got, slow, atol=1e-5), (got, slow)
+
+
+def _generate(decoder, tokenizer, acts, questions, ph, eos, steps):
+    """The reference decoding: transformers' generate over the patched prompt, cut after each row's eos."""
+    from latentqa.decoder import collate, encode_example, write_block
+    from latentqa.dialogs import pad_id_of
+    from latentqa.patching import patched_block
+
+    examples = [encode_example(tokenizer, len(a), q, None, ph) for a, q in zip(acts, questions)]
+    batch = collate(examples, acts, pad_id_of(tokenizer), torch.device("cpu"))
+    with torch.no_grad(), patched_block(write_block(decoder, 1), batch.patch):
+        out = decoder.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=steps,
+                               do_sample=False, pad_token_id=pad_id_of(tokenizer), eos_token_id=eos)
+    rows = []
+    for row in out[:, batch.input_ids.shape[1]:].tolist():
+        rows.append(row[: row.index(eos) + 1] if eos in row else row)
+    return rows
+
+
+def test_one_prefill_gives_the_references_replies_and_losses_with_rows_ending_apart(decoder, tokenizer):
+    from latentqa.dialogs import pad_id_of
+    from latentqa.ranking import decoder_prompts, greedy, prefill, score_continuations
+
+    rng = np.random.default_rng(2)
+    d = decoder.config.hidden_size
+    acts = [rng.normal(0, 3, (n, d)).astype(np.float32) for n in (3, 7, 5)]
+    questions = ["What persona?", "Who is speaking here, in a few words?", "Which one?"]
+    ph, pad, steps = placeholder_id(tokenizer, "?"), pad_id_of(tokenizer), 8
+    prompts, conts, patch = decoder_prompts(decoder, tokenizer, acts, questions, CANDIDATES, ph, 1, False)
+    endless = greedy(decoder, prefill(decoder, prompts, pad, patch), steps, eos_id=-1)
+    eos = endless[0][2]  # a token row 0 writes third: as end-of-sequence, rows stop at different steps
+    assert any(eos not in row[:steps - 1] for row in endless), "no row runs on after row 0 stops"
+    pre = prefill(decoder, prompts, pad, patch)
+    losses = score_continuations(decoder, pre, conts, pad, max_rows=4)  # chunks split an item's candidates
+    got = greedy(decoder, pre, steps, eos_id=eos)
+    assert got == _generate(decoder, tokenizer, acts, questions, ph, eos, steps)
+    assert got[0] == endless[0][:endless[0].index(eos) + 1]
+    for a, q, cands, row in zip(acts, questions, CANDIDATES, losses):
+        slow = answer_losses(decoder, tokenizer, [a] * len(cands), [q] * len(cands), cands, ph, write_layer=1)
+        assert np.allclose(row, slow, atol=1e-5), (row, slow)

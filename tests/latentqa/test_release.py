@@ -38,22 +38,24 @@ def test_import_writes_catalogs_qa_personas_and_controls(imported):
 
 def test_hidden_persona_task_runs_on_the_release_personas(imported, tokenizer, tiny):
     from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
-    from latentqa.evals.harness import Scorer, score_task, summarize
+    from latentqa.evals.harness import Scorer, score_items, summarize
     from tasks.evaluate import read_fresh
 
-    personas = pq.read_table(imported / "hidden_persona.parquet").to_pylist()[:6]
+    personas = pq.read_table(imported / "hidden_persona.parquet").to_pylist()[:10]
+    by_label = {p["label"]: p for p in personas}
     items = hidden_persona_items(personas, tokenizer, k=5, seed=0)
-    assert len(items) == 6 and all(len(it.candidates) == 5 for it in items)
-    assert all(it.reference == describe("persona", p["text"])[1]
-               and p["text"] not in tokenizer.decode(it.token_ids[it.n_prefix:])
-               for it, p in zip(items, personas))  # the release's system prompt is the masked control
+    assert len(items) == 10 and all(len(it.candidates) == 5 for it in items)
+    assert all(it.reference == describe("persona", by_label[it.item_id]["text"])[1]
+               and by_label[it.item_id]["text"] not in tokenizer.decode(it.token_ids[it.n_prefix:])
+               for it in items)  # the release's system prompt is the masked control
     net = make_decoder(tiny.model, 4, 8, 0.0, ["q_proj", "v_proj"]).eval()  # mechanics: a random tiny decoder
     info = DecoderInfo("tiny", 1, 0, "?", placeholder_id(tokenizer, "?"), "system")
     with net.disable_adapter():
         read_fresh(net, items, 1, tokenizer.eos_token_id, batch_size=6)
-    rows = score_task(Scorer(net, tokenizer, info, 6, 2), items, ["shuffled", "zero"], seed=0)
-    ident = {r["condition"]: r for r in summarize(rows, 0) if r["metric"] == "identification"}
-    assert set(ident) == {"decoder", "shuffled", "zero"} and all(r["n"] == 6 for r in ident.values())
+    rows = score_items(Scorer(net, tokenizer, info, 6, 2), items, ["shuffled", "zero"], seed=0)
+    for metric in ("identification", "calibrated", "attribution"):
+        scored = {r["condition"]: r for r in summarize(rows, 0) if r["metric"] == metric}
+        assert set(scored) == {"decoder", "shuffled", "zero"} and all(r["n"] == 10 for r in scored.values())
 
 
 def test_release_steering_controls_load_as_pairs(imported):
