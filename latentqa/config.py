@@ -223,11 +223,16 @@ class EvaluateConfig(Section):
                                   description="reading tasks (latentqa/evals/items.py)")
     controls: list[EvalControl] = Field(["shuffled", "zero", "text_only", "untrained_patch", "probe"],
                                         description="faithfulness controls scored beside the decoder")
-    identification_k: int = Field(5, ge=2, description="candidates per hidden persona (1 true + K-1 distractors)")
+    identification_k: int = Field(5, ge=2, description="hidden personas and goals per block: each item's candidates "
+                                  "are its block's K descriptions")
     relational_facts: int | None = Field(None, gt=0, description="facts sampled from latentqa/evals/facts.yaml")
     hidden_persona_file: Path | None = Field(None, description="hidden personas from a table (label, text, "
                                              "stimulus_user), e.g. the LatentQA release via `latentqa "
                                              "import-latentqa`; default: the held-out personas of the split")
+    hidden_stimulus: str | None = Field(None, min_length=1, description="one user message for every hidden "
+                                        "persona and goal instead of each one's own (a neutral one: then only the "
+                                        "masked system prompt tells the items' activations apart, and a reader of "
+                                        "the user turn's text has nothing to go on)")
     judge: bool = Field(False, description="also score answers with an LLM judge through the endpoint section "
                         "(the same OpenAI-compatible client as synthesis; replies cached in requests.sqlite)")
     max_new_tokens: int = Field(32, gt=0)

@@ -71,6 +71,8 @@ def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], 
             hidden = {r["label"]: r for r in read_table(cfg.hidden_persona_file).to_pylist()}
         else:
             hidden = heldout_controls(split_rows, dialogs, HIDDEN[task])
+        if cfg.hidden_stimulus:  # the same user turn for all: only the masked system prompt differs
+            hidden = {label: {**h, "stimulus_user": cfg.hidden_stimulus} for label, h in hidden.items()}
         fresh += whole_blocks(hidden_persona_items(list(hidden.values()), tok, cfg.identification_k, cfg.seed, task),
                               cfg.max_examples)
     return stored, fresh
