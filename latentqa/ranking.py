@@ -21,6 +21,7 @@ import torch
 
 from latentqa.decoder import collate, encode_example, write_block
 from latentqa.dialogs import encode, pad_id_of
+from latentqa.generate import _text_prompt, left_pad
 from latentqa.patching import patched_block
 
 
@@ -38,15 +39,9 @@ class Prefill:
 @torch.no_grad()
 def prefill(model, prompts: list[list[int]], pad_id: int, patch=None) -> Prefill:
     """One forward over the left-padded prompts; `patch(width)` is a context that patches this pass only."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p):], mask[b, width - len(p):] = torch.tensor(p), 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = left_pad(prompts, pad_id, next(model.parameters()).device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    with patch(width) if patch else nullcontext():
+    with patch(ids.shape[1]) if patch else nullcontext():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     return Prefill(out.cache, out.logits[:, -1].float(), mask, positions)
 
@@ -159,8 +154,6 @@ def decoder_prompts(decoder, tokenizer, acts, questions, continuations, ph_id, w
 
 def text_prompts(tokenizer, texts, questions, continuations):
     """(prompt ids, continuation ids) for the text-only reader: the dialog as text, then the question."""
-    from latentqa.generate import _text_prompt
-
     prompts = [_text_prompt(tokenizer, t, q) for t, q in zip(texts, questions)]
     return prompts, [[encode(tokenizer, c) + [tokenizer.eos_token_id] for c in cs] for cs in continuations]
 

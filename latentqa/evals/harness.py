@@ -134,12 +134,12 @@ def first_strictly_lowest(losses: list[float]) -> bool:
 def block_hits(items: list[Item], ranked: list[list[float]]) -> tuple[list[bool | None], list[bool | None]]:
     """Per item, (calibrated, attribution) hits from its block's K x K losses; None for an item whose block is
     not all among `items`. loss[a][c]: description c under item a's activations (candidate order = peers)."""
-    row = {it.item_id: k for k, it in enumerate(items)}
+    scored = {it.item_id for it in items}
     loss = {(it.item_id, peer): ranked[k][j] for k, it in enumerate(items) for j, peer in enumerate(it.peers or [])}
     calibrated, attributed = [], []
     for it in items:
         block = it.peers or []
-        if len(block) < 2 or any(p not in row for p in block):
+        if len(block) < 2 or any(p not in scored for p in block):
             calibrated.append(None)
             attributed.append(None)
             continue

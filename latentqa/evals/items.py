@@ -70,11 +70,10 @@ def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant
 def hidden_persona_items(personas: list[dict], tokenizer, k: int, seed: int, task: str = "hidden_persona") -> list[Item]:
     """Each persona (or goal, for `hidden_goal`) as a hidden system prompt over its stimulus, in seeded blocks of
     K: an item's candidates are the descriptions of its block, its own first. Every candidate is a description in
-    one style
-    (latentqa/describe.py), so only content tells them apart, and a block's K x K losses (each description under
-    each member's activations) let identification be calibrated: a description's loss is taken relative to its
-    mean over the block, which cancels how likely the description is whatever the activations. Personas that do
-    not fill a last block are left out (fewer than K in all: one block of them)."""
+    one style (latentqa/describe.py), so only content tells them apart, and a block's K x K losses (each
+    description under each member's activations) let identification be calibrated: a description's loss is taken
+    relative to its mean over the block, which cancels how likely the description is whatever the activations.
+    Prompts that do not fill a last block are left out (fewer than K in all: one block of them)."""
     if len(personas) < 2:  # nothing to tell the true persona from
         return []
     order = list(personas)
