@@ -39,7 +39,7 @@ from latentqa.dialogs import EncodedDialog
 from latentqa.evals.stats import bootstrap
 from latentqa.generate import answer_losses
 from latentqa.models import load_model
-from latentqa.reading import read_spans
+from latentqa.residual import read_spans
 from latentqa.training import fit
 from storage.store import Store
 from tasks._common import activation_reader, load_examples

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from latentqa.reading import block_hidden
+from latentqa.residual import block_hidden
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from latentqa.decoder import load_decoder
 from latentqa.dialogs import encode_turns
 from latentqa.generate import answer
-from latentqa.reading import read_spans
+from latentqa.residual import read_spans
 
 
 class Reader:

@@ -29,7 +29,7 @@ from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
 from latentqa.models import model_identity
-from latentqa.reading import read_spans
+from latentqa.residual import read_spans
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, MARGINS, METRICS, SPLIT, SUMMARY, read_table, write_table

@@ -26,7 +26,7 @@ from latentqa.config import ExtractConfig, ModelConfig
 from latentqa.cores import map_per_core
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_tokenizer, model_identity, pick_device, pick_dtype, shared_model
-from latentqa.reading import length_batches, read_layers, right_pad
+from latentqa.residual import length_batches, read_layers, right_pad
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table

@@ -23,7 +23,7 @@ def _imports(package: str, skip: tuple[str, ...] = (), top_level_only: bool = Fa
 
 
 def test_importing_latentqa_leaves_prefect_out():
-    code = ("import sys, latentqa, latentqa.config, latentqa.models, latentqa.reading, latentqa.patching, "
+    code = ("import sys, latentqa, latentqa.config, latentqa.models, latentqa.residual, latentqa.patching, "
             "latentqa.decoder, latentqa.llm, latentqa.server, latentqa.dialogs; print('prefect' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -4,7 +4,7 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks
-from latentqa.reading import read_layers, right_pad
+from latentqa.residual import read_layers, right_pad
 from tests.conftest import DIALOGS
 
 
