@@ -42,11 +42,19 @@ def answer_losses(decoder, tokenizer, acts: list[np.ndarray], questions: list[st
 
 
 def per_example_ce(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
-    ce = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
-                                           reduction="none")
-    counts = (shift_labels != -100).sum(-1).clamp_min(1)
-    return (ce.sum(-1) / counts).tolist()
+    """Mean cross-entropy of each row's labels (-100: not scored), each predicted by the position before it."""
+    ce = next_token_ce(logits, labels)
+    return (ce.sum(-1) / (labels[:, 1:] != -100).sum(-1).clamp_min(1)).tolist()
+
+
+def next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] cross-entropy of labels[:, t + 1] under logits[:, t] (0 where not scored, and at t = T - 1).
+    Taken over the logits as they lie in memory ([B x T, V], a view): over a transposed [B, V, T] view the
+    reduction runs in another order, 10x further from float64 (2.3e-4 vs 2.7e-5 on SmolLM2's logits), and 4x
+    slower (a copy of the largest tensor here)."""
+    nxt = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), nxt.reshape(-1),
+                                             ignore_index=-100, reduction="none").view(nxt.shape)
 
 
 def _text_prompt(tokenizer, text: str, question: str) -> list[int]:

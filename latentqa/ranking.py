@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.functional import cross_entropy
 
 from latentqa.decoder import collate, encode_example, write_block
 from latentqa.dialogs import encode, pad_id_of
-from latentqa.generate import _text_prompt, left_pad
+from latentqa.generate import _text_prompt, left_pad, next_token_ce
 from latentqa.patching import patched_block
 
 
@@ -85,9 +86,9 @@ def score_continuations(model, pre: Prefill, continuations: list[list[list[int]]
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                        cache=rows_of(pre.cache, owners)).logits
         # continuation token j is predicted by the position before it: the prompt's last one for j = 0
-        pred = torch.cat([pre.last_logits[owner, None], logits[:, :-1].float()], dim=1)
-        ce = torch.nn.functional.cross_entropy(pred.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        for i, value in zip(chunk, (ce.sum(-1) / (labels != -100).sum(-1).clamp_min(1)).tolist()):
+        ce = cross_entropy(pre.last_logits[owner], labels[:, 0], ignore_index=-100, reduction="none") + \
+            next_token_ce(logits, labels).sum(-1)
+        for i, value in zip(chunk, (ce / (labels != -100).sum(-1).clamp_min(1)).tolist()):
             per[i] = value
     out, k = [], 0
     for cs in continuations:
