@@ -6,8 +6,10 @@ baseline  the scoring of evaluate v3 (kept here, callable): each condition gener
 new       latentqa.evals.harness.score_items: the conditions that share a model state (decoder, shuffled, zero)
           in one pass, rows grouped by length, batches of `--batch-size`; each prompt read once
           (latentqa/ranking.py), the reference or the K candidates scored from its KV cache and the greedy reply
-          decoded from the same cache, each row leaving the batch at its end-of-sequence token. Its time splits
-          into the prompt pass (shared), loss scoring and generation
+          decoded from the same cache, each row leaving the batch at its end-of-sequence token; rows with the
+          same prompt (the zero control, the text reader of one stimulus) read once; the decoder's adapter merged
+          into its float32 weights while it reads. Its time splits into the prompt pass (shared), loss scoring
+          and generation
 
 Items are built like the demo's (SmolLM2-135M, read layer 15, a decoder with a random LoRA so that the adapter
 matters): `gist`, `fact` and `classification` items over the builtin controls as system prompts,
@@ -43,7 +45,7 @@ from latentqa.generate import answer, answer_losses, text_answers, text_losses
 from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f1
 from latentqa.models import load_model
 from latentqa.prompts import description_questions
-from latentqa.reading import read_spans
+from latentqa.residual import read_spans
 
 CONTROLS = ["shuffled", "zero", "text_only", "untrained_patch"]
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "latentqa_data"
@@ -178,6 +180,7 @@ def _new_path(net, tok, info, items, args, timer: dict) -> list[dict]:
     rows = score_items(scorer, items, CONTROLS, 0)
     for part, seconds in scorer.seconds.items():
         timer[part] += seconds
+    timer["prompts"] = scorer.prompts
     return rows
 
 
@@ -228,7 +231,7 @@ def main() -> None:
                 rows = _new_path(net, tok, info, items, args, timer)
             timings[path] = (time.perf_counter() - start, timer, per_task, rows)
             total, timer, per_task, _ = timings[path]
-            shared = f"prompt pass {timer['prompt']:.1f} s, " if path == "new" else ""
+            shared = f"{timer['prompts']} prompts read in {timer['prompt']:.1f} s, " if path == "new" else ""
             print(f"repeat {rep + 1} {path:<8} {total:7.1f} s, {len(items) / total:.2f} items/s ({shared}generation "
                   f"{timer['generate']:.1f} s, loss scoring {timer['score']:.1f} s)" +
                   ("; items/s per task " + ", ".join(f"{t} {v:.2f}" for t, v in per_task.items()) if per_task else ""),

@@ -8,6 +8,7 @@ the answer turn only; everything before it is masked with -100.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,35 @@ def make_decoder(model, r: int, alpha: int, dropout: float, target_modules: list
     return get_peft_model(model, config)
 
 
+def merged_adapter(decoder):
+    """A context in which the adapter is folded into the base weights, where that is safe and pays: a float32
+    model on CPU, whose LoRA forward costs ~20% more than a plain one (bench/evaluate.py). Outputs change by float
+    rounding only. Elsewhere a no-op: in bf16 the adapter's small update would mostly round away, and on a GPU the
+    copy of the base weights it keeps could exhaust memory."""
+    params = list(decoder.parameters())
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+        return nullcontext()
+    return _merged(decoder)
+
+
+@contextmanager
+def _merged(decoder):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in decoder.modules() if isinstance(m, BaseTunerLayer)]
+    # unmerging subtracts the update again, leaving rounding residue: restore the exact weights instead
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    for m in layers:
+        m.merge()
+    try:
+        yield decoder
+    finally:
+        with torch.no_grad():
+            for m, weight in zip(layers, saved):
+                m.unmerge()
+                m.get_base_layer().weight.copy_(weight)
+
+
 def write_block(decoder, layer: int):
     """The decoder block whose output receives the activations (located through the peft wrapper)."""
     return find_blocks(decoder)[layer]
@@ -136,8 +166,9 @@ class DecoderInfo:
     norm_match: bool = False
     prompt_format: int = PROMPT_FORMAT
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")
+    def to_json(self) -> dict:
+        """decoder.json's content (the train stage writes it through storage/)."""
+        return dict(self.__dict__)
 
     @classmethod
     def load(cls, path: Path) -> DecoderInfo:

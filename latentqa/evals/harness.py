@@ -22,14 +22,15 @@ Every score comes with n and a seeded 95% bootstrap interval, and each margin ov
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
-from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
 
+from latentqa.decoder import merged_adapter
 from latentqa.dialogs import pad_id_of
 from latentqa.evals.items import Item, read_text
 from latentqa.evals.probe import Probe, mean_pool
@@ -68,23 +69,31 @@ def _batched(fn, n: int, size: int, *columns, done: Callable[[list[int]], None] 
     return out
 
 
+def _digest(acts: np.ndarray) -> tuple:
+    return acts.shape, str(acts.dtype), hashlib.blake2b(np.ascontiguousarray(acts).tobytes(), digest_size=16).digest()
+
+
 class Scorer:
     """Replies and continuation losses for one decoder (a peft model: the adapter off gives the untrained model).
 
-    Each batch of prompts is read once (latentqa/ranking.py): its continuations (the reference, or the
-    identification candidates) are scored from the prompt's KV cache and the greedy reply is decoded from it.
-    `progress(what, n)` is told of every batch done: "replies generated", and "answers scored" or "items ranked".
-    `seconds` splits the time spent into the prompt pass, loss scoring and generation."""
+    Each distinct prompt is read once (latentqa/ranking.py): rows that would read the same tokens and activations
+    (the zero control under one question and length, the text-only reader of dialogs that differ only in the
+    masked control) share one prefill and one greedy reply, and every continuation of theirs (the references, or
+    the identification candidates) is scored from that prompt's KV cache. `progress(what, n)` is told of every
+    batch done, in rows: "replies generated", and "answers scored" or "items ranked". `seconds` splits the time
+    spent into the prompt pass, loss scoring and generation; `prompts` counts the prompts read."""
 
     def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int,
                  progress: Callable[[str, int], None] | None = None):
         self.net, self.tok, self.info, self.bs, self.max_new = net, tokenizer, info, batch_size, max_new_tokens
         self.progress = progress or (lambda what, n: None)
         self.seconds = {"prompt": 0.0, "score": 0.0, "generate": 0.0}
+        self.prompts = 0
 
     def _weights(self, trained: bool):
-        """The decoder as trained, or the untrained model (the same weights with the adapter switched off)."""
-        return nullcontext() if trained else self.net.disable_adapter()
+        """The decoder as trained (its adapter merged where that is exact enough and faster), or the untrained
+        model (the same weights with the adapter switched off)."""
+        return merged_adapter(self.net) if trained else self.net.disable_adapter()
 
     def read(self, acts, questions, continuations, trained: bool = True) -> list[tuple[str, list[float]]]:
         """Per item, (the greedy reply, each continuation's loss) with the item's activations patched in."""
@@ -93,18 +102,38 @@ class Scorer:
                                                     self.info.write_layer, self.info.norm_match)
             return self._answer(prompts, conts, patch)
         with self._weights(trained):
-            return _batched(run, len(acts), self.bs, acts, questions, continuations, done=self._done(continuations))
+            return self._once([(_digest(a), q) for a, q in zip(acts, questions)], run, acts, questions,
+                              continuations)
 
     def read_text(self, texts, questions, continuations) -> list[tuple[str, list[float]]]:
         """The same for the text-only reader: the untrained model, the dialog as text, no activations."""
         def run(t, q, c):
             return self._answer(*text_prompts(self.tok, t, q, c), None)
         with self._weights(trained=False):
-            return _batched(run, len(texts), self.bs, texts, questions, continuations, done=self._done(continuations))
+            return self._once(list(zip(texts, questions)), run, texts, questions, continuations)
+
+    def _once(self, keys: list, run, inputs, questions, continuations) -> list[tuple[str, list[float]]]:
+        """`run` over the distinct prompts (rows with equal keys), each with the union of its rows'
+        continuations; the results fanned back out to the rows."""
+        rows_of: dict = {}
+        for i, key in enumerate(keys):
+            rows_of.setdefault(key, []).append(i)
+        groups = list(rows_of.values())
+        conts = [list(dict.fromkeys(c for i in g for c in continuations[i])) for g in groups]
+        tell = self._done(continuations)
+        read = _batched(run, len(groups), self.bs, [inputs[g[0]] for g in groups], [questions[g[0]] for g in groups],
+                        conts, done=lambda idx: tell([i for j in idx for i in groups[j]]))
+        out: list = [None] * len(keys)
+        for g, cs, (reply, losses) in zip(groups, conts, read):
+            loss_of = dict(zip(cs, losses))
+            for i in g:
+                out[i] = (reply, [loss_of[c] for c in continuations[i]])
+        return out
 
     def _answer(self, prompts, conts, patch) -> list[tuple[str, list[float]]]:
         pad = pad_id_of(self.tok)
         t0 = time.perf_counter()
+        self.prompts += len(prompts)
         pre = prefill(self.net, prompts, pad, patch)
         t1 = time.perf_counter()
         # rows of continuations per forward: their logits [rows, len, vocab] dominate memory

@@ -79,3 +79,25 @@ def test_length_grouped_batches_cover_every_example_once():
     assert batches != length_grouped_batches(lengths, 2, seed=0, epoch=1, group=5)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
     assert spread < 100  # sorted within the window: pairs of similar length
+
+
+def test_a_merged_adapter_reads_like_the_adapter_and_leaves_the_base_weights_exactly_as_they_were(tiny):
+    from latentqa.decoder import merged_adapter
+
+    torch.manual_seed(1)
+    net = make_decoder(tiny.model, 4, 8, 0.0, ["q_proj", "v_proj", "up_proj"]).eval()
+    for name, p in net.named_parameters():  # a random adapter: merging it changes the base weights
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ids = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        plain = net(input_ids=ids).logits
+        with merged_adapter(net):
+            changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+            merged = net(input_ids=ids).logits
+        after = net(input_ids=ids).logits
+    assert changed and all("base_layer" in k for k in changed)  # the update went into the base weights
+    assert torch.allclose(merged, plain, atol=1e-4) and not torch.equal(merged, plain)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert torch.equal(after, plain)

@@ -85,3 +85,32 @@ def test_one_prefill_gives_the_references_replies_and_losses_with_rows_ending_ap
     for a, q, cands, row in zip(acts, questions, CANDIDATES, losses):
         slow = answer_losses(decoder, tokenizer, [a] * len(cands), [q] * len(cands), cands, ph, write_layer=1)
         assert np.allclose(row, slow, atol=1e-5), (row, slow)
+
+
+def test_rows_with_one_prompt_are_read_once_and_score_as_if_read_alone(decoder, tokenizer):
+    """The zero control under one question and length, or the text reader of dialogs that differ only in the
+    masked control, read identical prompts: the scorer prefills each distinct prompt once."""
+    from latentqa.decoder import DecoderInfo
+    from latentqa.evals.harness import Scorer
+
+    ph = placeholder_id(tokenizer, "?")
+    info = DecoderInfo("tiny", read_layer=1, write_layer=1, placeholder="?", placeholder_id=ph, variant="system")
+    d = decoder.config.hidden_size
+    a, b = (np.random.default_rng(s).normal(0, 3, (4, d)).astype(np.float32) for s in (0, 1))
+    acts = [a, b, a.copy(), np.zeros_like(a), np.zeros_like(a)]
+    questions = ["What persona?", "What persona?", "What persona?", "Which one?", "Which one?"]
+    conts = [CANDIDATES[0], CANDIDATES[0][:2], ["A knight."], CANDIDATES[2], CANDIDATES[1]]
+    together = Scorer(decoder, tokenizer, info, batch_size=2, max_new_tokens=3)
+    read = together.read(acts, questions, conts)
+    assert together.prompts == 3  # a and its copy; the two zero rows
+    for row in range(len(acts)):
+        alone = Scorer(decoder, tokenizer, info, batch_size=2, max_new_tokens=3)
+        (reply, losses), = alone.read([acts[row]], [questions[row]], [conts[row]])
+        assert read[row][0] == reply and np.allclose(read[row][1], losses, atol=1e-5), row
+    texts = ["Arr, I sailed to find gold!", "Hello.", "Arr, I sailed to find gold!"]
+    text_reader = Scorer(decoder, tokenizer, info, batch_size=4, max_new_tokens=3)
+    read = text_reader.read_text(texts, ["Who?"] * 3, [CANDIDATES[0], ["A knight."], CANDIDATES[1]])
+    assert text_reader.prompts == 2
+    with decoder.disable_adapter():
+        slow = text_losses(decoder, tokenizer, [texts[2]] * 2, ["Who?"] * 2, CANDIDATES[1])
+    assert np.allclose(read[2][1], slow, atol=1e-5) and read[0][0] == read[2][0]
