@@ -76,8 +76,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
+
+
+def save_pretrained_atomic(model, path: Path) -> None:
+    """`model.save_pretrained` (safetensors) into a temporary folder beside `path`, renamed onto it when every
+    file is written: a killed save leaves a temporary that the next open_stage removes, never a half adapter."""
+    tmp = path.with_name(path.name + TMP)
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    for written in tmp.rglob("*"):
+        if written.is_file():
+            with open(written, "rb") as fh:
+                os.fsync(fh.fileno())
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
 
 
 class Store:
@@ -144,6 +162,28 @@ class StageDir:
         path = self.dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        """A text file (a report), written under a temporary name and renamed into place."""
+        write_text_atomic(path := self.file(name), text)
+        return path
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        write_json_atomic(path := self.file(name), obj)
+        return path
+
+    def save_model(self, name: str, model) -> Path:
+        """A model's weights (an adapter) as a safetensors folder, renamed into place when complete."""
+        save_pretrained_atomic(model, path := self.file(name))
+        return path
+
+    def remove(self, name: str) -> None:
+        """Drop a file or folder that is not a result (resume state, scratch space, parts a new plan voids)."""
+        path = self.dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
     def finished_files(self, pattern: str) -> list[Path]:
         """Completed files matching a glob; temporaries are never listed."""

@@ -162,7 +162,7 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         n = write_table(out.file("metrics.parquet"), rows, METRICS)
         write_table(out.file("summary.parquet"), summary, SUMMARY)
         write_table(out.file("margins.parquet"), margin, MARGINS)
-        out.file("report.md").write_text(markdown(summary, margin, reads, rows))
+        out.write_text("report.md", markdown(summary, margin, reads, rows))
         plot_bars(primary_scores(summary), out.file("scores.png"), ylabel="primary score")
         by_task = pivot(summary)
         manifest = out.commit(version=VERSION, inputs=[decoder, split, acts, synth],

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from latentqa.config import ExtractConfig, ModelConfig
 from latentqa.cores import map_per_core
-from latentqa.dialogs import encode_dialog
+from latentqa.dialogs import encode_dialog, pad_id_of
 from latentqa.models import load_tokenizer, model_identity, pick_device, pick_dtype, shared_model
 from latentqa.residual import length_batches, read_layers, right_pad
 from storage.fingerprint import fingerprint
@@ -80,7 +80,7 @@ def _write_plan(out, parts: list[list[dict]]) -> None:
     path = out.dir / "plan.json"
     if path.exists() and json.loads(path.read_text()) != plan:
         for stale in out.finished_files("part-*.parquet"):
-            stale.unlink()
+            out.remove(stale.name)
     write_json_atomic(path, plan)
 
 
@@ -124,7 +124,7 @@ def _one_at_a_time(forward, pending: list[list[str]], lengths: dict[str, int], b
 
 
 def _forward(loaded, batch: list[dict], layers: list[int]) -> dict[int, dict[str, Any]]:
-    ids_bt, mask_bt = right_pad([d["token_ids"] for d in batch], loaded.tokenizer.pad_token_id or 0)
+    ids_bt, mask_bt = right_pad([d["token_ids"] for d in batch], pad_id_of(loaded.tokenizer))
     acts_btd = read_layers(loaded.model, ids_bt.to(loaded.device), mask_bt.to(loaded.device), layers)
     return {layer: {d["dialog_id"]: acts_btd[layer][b, d["n_prefix"]: len(d["token_ids"])].float().cpu().numpy()
                     for b, d in enumerate(batch)} for layer in layers}

@@ -7,7 +7,6 @@ Resume  one streaming pass of SQL (memory bounded by DuckDB, spilling into the s
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import duckdb
@@ -134,7 +133,7 @@ def filter_qa(cfg: FilterConfig, qa: Manifest, acts: Manifest, store: Store) -> 
                   "n_eval": rows["eval.parquet"], "n_train_labels": sum(s == "train" for s in splits.values()),
                   "n_eval_labels": sum(s == "eval" for s in splits.values()), **dropped}
         con.close()
-        shutil.rmtree(out.dir / "duckdb.tmp", ignore_errors=True)
+        out.remove("duckdb.tmp")
         manifest = out.commit(version=VERSION, inputs=[qa, acts], rows=rows, counts=counts,
                               config={"filter": cfg.model_dump(mode="json")}, **provenance())
     logger().info("filter: %s", counts)

@@ -13,7 +13,6 @@ same norm): sentiment, debiasing and persona identification (latentqa/evals/stee
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +87,7 @@ def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store)
         measured.advance()
         progress = Progress(cfg.steps, "steer: optimizer steps")
         curve = train_steering(target, dec, tok, info, pairs, prompts, settings, on_step=lambda *_: progress.advance())
-        target.save_pretrained(out.file("adapter"))
+        out.save_model("adapter", target)
         r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "steered")
         results, samples = results + r, samples + s
         measured.advance()
@@ -96,11 +95,11 @@ def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store)
         r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
         results, samples = results + r, samples + s
         measured.advance()
-        out.file("steer.json").write_text(json.dumps({
+        out.write_json("steer.json", {
             "control": cfg.control, "persona": persona, "pairs": pairs, "curve": curve, "trained_on": prompts,
-            "persona_measured_on": ev.steering_data()["heldout_prompts"] if persona else []}, indent=2) + "\n")
+            "persona_measured_on": ev.steering_data()["heldout_prompts"] if persona else []})
         n = write_table(out.file("results.parquet"), results, STEER_RESULTS)
-        out.file("report.md").write_text(report(cfg, results, samples, curve))
+        out.write_text("report.md", report(cfg, results, samples, curve))
         manifest = out.commit(version=VERSION, inputs=[decoder], rows={"results.parquet": n},
                               counts={"n_pairs": len(pairs), "steps": cfg.steps},
                               summary={"results": results, "first_loss": curve[0]["loss"], "last_loss": curve[-1]["loss"]},

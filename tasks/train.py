@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CURVES, write_table
 from storage.plots import plot_curves
-from storage.store import Store, write_json_atomic
+from storage.store import StageDir, Store, save_pretrained_atomic
 from tasks._common import (Progress, activation_reader, fail_if_asked, load_examples, logger, provenance, publish,
                            publish_image, stage_task)
 
@@ -71,13 +70,13 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
     with store.open_stage(STAGE, fp) as out:
         processes = resolve_processes(cfg.processes, cfg.grad_accum, pick_device(model.device).type)
         if processes > 1:
-            result = _fit_in_processes(processes, cfg, model, split, acts, store, out.dir)
+            result = _fit_in_processes(processes, cfg, model, split, acts, store, out)
         else:
             result = fit_decoder(cfg, model, split, acts, store, out.dir)
-        shutil.rmtree(out.dir / "checkpoints", ignore_errors=True)  # resume state, not a result
-        DecoderInfo(base_model=model.name, read_layer=result.layer, write_layer=cfg.write_layer,
-                    placeholder=cfg.placeholder, placeholder_id=result.placeholder_id,
-                    variant=acts.summary["variant"], norm_match=cfg.norm_match).save(out.file("decoder.json"))
+        out.remove("checkpoints")  # resume state, not a result
+        out.write_json("decoder.json", DecoderInfo(
+            base_model=model.name, read_layer=result.layer, write_layer=cfg.write_layer, placeholder=cfg.placeholder,
+            placeholder_id=result.placeholder_id, variant=acts.summary["variant"], norm_match=cfg.norm_match).to_json())
         n_curves = write_table(out.file("curves.parquet"), result.curves, CURVES)
         plot_curves(result.curves, out.file("curves.png"))
         summary = _summary(result, cfg)
@@ -135,7 +134,7 @@ def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Man
                 on_checkpoint=lambda step, t, m: save_checkpoint(out_dir / "checkpoints", step, t, m),
                 on_step=on_step, replica=replica)
     if rank == 0:
-        decoder.save_pretrained(out_dir / "adapter")
+        save_pretrained_atomic(decoder, out_dir / "adapter")
     return FitResult(steps=final.step, curves=final.curves, start_step=start_step,
                      elapsed=time.monotonic() - started, n_examples=len(train_set[0]),
                      n_eval_examples=len(eval_set[0]), layer=layer, placeholder_id=ph_id,
@@ -143,24 +142,26 @@ def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Man
 
 
 def _fit_in_processes(processes: int, cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
-                      store: Store, out_dir: Path) -> FitResult:
+                      store: Store, out: StageDir) -> FitResult:
     """fit_decoder in `processes` DDP workers started with `accelerate launch` (tasks/train_ddp.py)."""
+    out_dir = out.dir
     latest_checkpoint(out_dir / "checkpoints")  # clears half-written checkpoints before the workers read them
-    job, result = out_dir / "ddp-job.json", out_dir / "ddp-result.json"
-    result.unlink(missing_ok=True)
-    write_json_atomic(job, {"store": str(store.root), "dataset": store.dataset, "cfg": cfg.model_dump(mode="json"),
-                            "model": model.model_dump(mode="json"), "split": split.fingerprint,
-                            "acts": acts.fingerprint, "out_dir": str(out_dir), "parent": os.getpid()})
+    out.remove("ddp-result.json")
+    job = out.write_json("ddp-job.json", {
+        "store": str(store.root), "dataset": store.dataset, "cfg": cfg.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"), "split": split.fingerprint, "acts": acts.fingerprint,
+        "out_dir": str(out_dir), "parent": os.getpid()})
+    result = out_dir / "ddp-result.json"
     command = launch_command(processes, job)
     logger().info("train: %d data-parallel processes: %s", processes, " ".join(command))
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0 or not result.is_file():
         raise RuntimeError(f"train: the {processes} DDP workers failed (exit {done.returncode}); their output is "
                            f"above, checkpoints stay in {out_dir / 'checkpoints'} for the rerun")
-    job.unlink()
-    out = FitResult(**json.loads(result.read_text()))
-    result.unlink()
-    return out
+    fitted = FitResult(**json.loads(result.read_text()))
+    out.remove("ddp-job.json")
+    out.remove("ddp-result.json")
+    return fitted
 
 
 def launch_command(processes: int, job: Path) -> list[str]:

@@ -35,3 +35,20 @@ def test_import_direction():
     assert not {"storage", "tasks", "flows", "prefect"} & _imports("latentqa", top_level_only=True)
     assert not {"latentqa", "tasks", "flows", "prefect"} & _imports("storage")
     assert "flows" not in _imports("tasks")
+
+
+def test_stages_write_files_only_through_storage():
+    """PROTOCOL.md's completion rule (a temporary name, renamed when complete) holds only if storage/ does every
+    write: stages call StageDir's writers (`out.write_text(name, text)`, two arguments), never a Path's own
+    (`path.write_text(text)`, one) or a library's saver or a deletion."""
+    banned = {"write_bytes", "save_pretrained", "unlink", "rmtree", "rename", "touch", "savefig", "to_parquet"}
+    found = []
+    for package in ("tasks", "flows"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                name = node.func.attr
+                if name in banned or (name in ("write_text", "write_json") and len(node.args) < 2):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{name}()")
+    assert not found, found

@@ -79,3 +79,36 @@ def test_manifest_fields_match_protocol(tmp_store):
     written = json.loads((tmp_store.root / _commit(tmp_store).dir / "manifest.json").read_text())
     assert sorted(written) == sorted(documented), "manifest.json keys differ from storage/PROTOCOL.md, 'Manifest'"
     assert sorted(Manifest.model_fields) == sorted(documented)
+
+
+def test_stage_writers_rename_into_place_and_a_killed_model_save_leaves_nothing_behind(tmp_store):
+    class Killed(Exception):
+        pass
+
+    class HalfSaved:  # save_pretrained that dies after its first file, as a SIGKILL mid-save would leave it
+        def save_pretrained(self, path, safe_serialization=True):
+            Path(path).mkdir(parents=True)
+            (Path(path) / "adapter_config.json").write_text("{}")
+            raise Killed
+
+    class Saved:
+        def save_pretrained(self, path, safe_serialization=True):
+            Path(path).mkdir(parents=True)
+            (Path(path) / "adapter_model.safetensors").write_bytes(b"weights")
+
+    with pytest.raises(Killed):
+        with tmp_store.open_stage("steer", "e" * 64) as out:
+            out.write_text("report.md", "# report\n")
+            out.write_json("steer.json", {"b": 1, "a": [2]})
+            out.save_model("adapter", HalfSaved())
+    partial = tmp_store.root / "steer" / ("e" * 12 + ".partial")
+    assert not (partial / "adapter").exists() and (partial / "adapter.tmp").is_dir()
+    assert (partial / "report.md").read_text() == "# report\n"
+    assert json.loads((partial / "steer.json").read_text()) == {"a": [2], "b": 1}
+    with tmp_store.open_stage("steer", "e" * 64) as out:
+        assert not (out.dir / "adapter.tmp").exists()  # the killed save's leftovers never count
+        out.save_model("adapter", Saved())
+        out.write_text("scratch.txt", "x")
+        out.remove("scratch.txt")
+        manifest = out.commit(version=1)
+    assert sorted(f.path for f in manifest.files) == ["adapter/adapter_model.safetensors", "report.md", "steer.json"]

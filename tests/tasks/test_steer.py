@@ -17,7 +17,7 @@ from latentqa.config import ModelConfig, SteerConfig, TrainConfig
 from latentqa.decoder import DecoderInfo, encode_example, make_decoder, placeholder_id
 from latentqa.dialogs import encode_turns
 from latentqa.models import load_model
-from latentqa.reading import read_layers
+from latentqa.residual import read_layers
 from latentqa.training import fit
 from storage.store import Store
 from tasks.steer import steer
@@ -50,7 +50,7 @@ def _sentiment_decoder(store: Store, loaded) -> object:
     fit(decoder, (examples, views), ([], []), cfg, tok.pad_token_id, loaded.device)
     with store.open_stage("train", "d" * 64) as out:
         decoder.save_pretrained(out.file("adapter"))
-        DecoderInfo("smollm2-135m-instruct", LAYER, 0, "?", ph, "stimulus_completion").save(out.file("decoder.json"))
+        out.write_json("decoder.json", DecoderInfo("smollm2-135m-instruct", LAYER, 0, "?", ph, "stimulus_completion").to_json())
         return out.commit(version=2)
 
 
@@ -82,7 +82,8 @@ def test_persona_control_gets_its_pairs_by_reading_and_every_eval_runs(tmp_path,
     decoder = make_decoder(loaded.model, 4, 8, 0.0, ["q_proj", "v_proj"])
     with store.open_stage("train", "e" * 64) as out:
         decoder.save_pretrained(out.file("adapter"))
-        DecoderInfo(str(tiny_model_dir), 1, 0, "?", placeholder_id(tokenizer, "?"), "system").save(out.file("decoder.json"))
+        out.write_json("decoder.json", DecoderInfo(str(tiny_model_dir), 1, 0, "?", placeholder_id(tokenizer, "?"),
+                                                    "system").to_json())
         train_manifest = out.commit(version=2)
     cfg = SteerConfig(control="persona:persona-fantasy-pirate", evals=["sentiment", "debias", "persona"], steps=2,
                       max_new_tokens=3, identification_k=3)
