@@ -259,7 +259,8 @@ def test_scoring_reports_progress_per_batch(tiny, tokenizer):
     handler.emit = records.append
     log = logging.getLogger("latentqa")
     log.addHandler(handler)
-    level, log.level = log.level, logging.INFO
+    level = log.level
+    log.setLevel(logging.INFO)  # not `log.level = `: that leaves the logger's cached isEnabledFor(INFO) answer
     disabled, log.disabled = log.disabled, False  # a logging.config.dictConfig earlier in the session (Prefect's
     try:                                          # setup) disables loggers that existed before it
         score_items(scorer, items, controls, seed=0)
