@@ -9,15 +9,12 @@ from latentqa.preflight import check_run
 from storage.datasets import open_version
 from storage.manifest import Manifest
 from storage.store import Store
-from tasks import train as train_stage
 from tasks.train import train
 
 
 def trained_decoder(cfg: RunConfig, store: Store, record: dict, chain: dict[str, Manifest]) -> Manifest:
     """The decoder `cfg.train` describes on a dataset version; an error naming what to run if there is none."""
-    fp = train_stage.fingerprint_of({"cfg": cfg.train, "model": cfg.model, "split": chain["filter"],
-                                     "acts": chain["extract"]})
-    if decoder := store.finished(train_stage.STAGE, fp):
+    if decoder := train.finished(cfg.train, cfg.model, chain["filter"], chain["extract"], store):
         return decoder
     raise LookupError(f"no decoder trained with this config's train section on dataset {cfg.name!r} "
                       f"version {record['version'][:12]}; run train-decoder first")

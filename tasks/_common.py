@@ -81,12 +81,20 @@ class StageTask(MaterializingTask):
                          cache_policy=stage_cache_policy(stage, fingerprint_of), result_serializer="json", **options)
         self.stage, self.fingerprint_of = stage, fingerprint_of
 
-    def __call__(self, *args, **kwargs):
+    def _bind(self, args, kwargs) -> tuple[dict[str, Any], Store, str]:
+        """(the call's arguments by name, its store, its fingerprint)."""
         bound = inspect.signature(self.fn).bind(*args, **kwargs)
         bound.apply_defaults()
-        params = bound.arguments
-        store: Store = params["store"]
-        fp = self.fingerprint_of(params)
+        return bound.arguments, bound.arguments["store"], self.fingerprint_of(bound.arguments)
+
+    def finished(self, *args, **kwargs) -> Manifest | None:
+        """The manifest a call with these arguments would return at once, or None; runs nothing. Flows look up
+        a stage's output through this, never by rebuilding its fingerprint's parameter names."""
+        _, store, fp = self._bind(args, kwargs)
+        return store.finished(self.stage, fp)
+
+    def __call__(self, *args, **kwargs):
+        params, store, fp = self._bind(args, kwargs)
         deps = [stage_asset(store, m.stage, m.fingerprint) for m in params.values() if isinstance(m, Manifest)]
         return self.with_options(assets=[stage_asset(store, self.stage, fp)], asset_deps=deps)(*args, **kwargs)
 
