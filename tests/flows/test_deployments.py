@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from latentqa.operate import down, prefect_env, up
+from app.operate import down, prefect_env, up
 from tests.flows.helpers import tiny_config
 
 pytestmark = pytest.mark.slow

@@ -106,7 +106,7 @@ def test_lineage_reaches_the_catalog(first_run):
 def test_lineage_command_prints_the_chain_with_fingerprints_on_disk(first_run, capsys):
     import json
 
-    from latentqa.cli import main
+    from app.cli import main
 
     cfg, state, _ = first_run
     store = Store(cfg.storage.root)
@@ -125,7 +125,7 @@ def test_lineage_command_prints_the_chain_with_fingerprints_on_disk(first_run, c
 def test_read_answers_about_a_dialog_from_the_targets_own_activations(first_run, capsys):
     import torch
 
-    from latentqa.cli import main
+    from app.cli import main
     from latentqa.dialogs import encode_turns
     from latentqa.reader import Reader
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import latentqa.cli as cli
+import app.cli as cli
 from storage.store import Store, StoreError
 from tests.hostile.cases import CASES, materialize
 

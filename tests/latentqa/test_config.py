@@ -49,7 +49,7 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path, text, where):
 
 
 def test_cli_rejects_a_layer_beyond_the_model_with_exit_2_and_no_flow_run(tmp_path, capsys):
-    from latentqa.cli import main
+    from app.cli import main
 
     assert main(["run", "--config", str(_write(tmp_path, "extract:\n  read_layers: [99]\n"))]) == 2
     captured = capsys.readouterr()
@@ -93,7 +93,7 @@ def test_remote_endpoint_without_key_fails_before_work(monkeypatch, tiny_model_d
 
 
 def test_overrides_keep_the_config_files_relative_paths(tmp_path):
-    from latentqa.cli import load_run_config
+    from app.cli import load_run_config
 
     (tmp_path / "cat.yaml").write_text("family: persona\ncategories:\n  sea:\n    pirate: Talk like a pirate.\n")
     (tmp_path / "run.yaml").write_text("catalog:\n  paths: [cat.yaml]\n")

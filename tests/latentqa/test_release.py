@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from latentqa.catalog import load_controls
-from latentqa.cli import main
+from app.cli import main
 from latentqa.config import SteerConfig
 from latentqa.describe import describe
 from latentqa.evals.items import hidden_persona_items

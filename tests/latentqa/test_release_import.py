@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from latentqa.cli import main
+from app.cli import main
 from latentqa.release import (HELDOUT_CATEGORY, NEUTRAL_STIMULI, ReleaseError, behaviour_files, read_release,
                               release_dataset)
 from storage.parquet import DIALOGS, QA, same_columns

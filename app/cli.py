@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
 
 def _report_to_local_server() -> None:
     """With `make serve` running (and no PREFECT_API_URL of the user's), runs show up in that server's UI."""
-    from latentqa.operate import running
+    from app.operate import running
 
     if not os.environ.get("PREFECT_API_URL") and (services := running()):
         os.environ.update(PREFECT_API_URL=services.api_url, PREFECT_HOME=services.home)
@@ -134,7 +134,7 @@ def _store_root(ref: str, root: Path | None) -> Path:
 
 def _ui_url() -> str | None:
     """The Prefect UI of the configured API (PREFECT_API_URL, or make serve's server), for flow-run links."""
-    from latentqa.operate import running
+    from app.operate import running
 
     if os.environ.get("PREFECT_API_URL"):
         from prefect.settings import get_current_settings
@@ -240,14 +240,14 @@ def cmd_gc(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from latentqa.operate import up
+    from app.operate import up
 
     up(args.home, args.port)
     return 0
 
 
 def cmd_down(args) -> int:
-    from latentqa.operate import down
+    from app.operate import down
 
     down(args.home)
     return 0
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     gcp.add_argument("--root", type=Path, default=Path("runs/demo"))
     gcp.add_argument("--dry-run", action="store_true")
     gcp.set_defaults(fn=cmd_gc)
-    from latentqa.operate import DEFAULT_HOME
+    from app.operate import DEFAULT_HOME
 
     upp = sub.add_parser("up", help="local Prefect server + work pool + deployments + worker (make serve)")
     upp.add_argument("--port", type=int, default=4200)
