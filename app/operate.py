@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from storage.store import write_json_atomic, write_text_atomic
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = CHECKOUT / ".prefect-local"
 POOL = "latentqa"
@@ -110,7 +112,7 @@ def up(home: Path = DEFAULT_HOME, port: int = 4200, worker: bool = True, deploy:
         say("deploying prefect.yaml")
         out = subprocess.run(_prefect("--no-prompt", "deploy", "--all"), env=env, cwd=CHECKOUT,
                              capture_output=True, text=True)
-        (home / "deploy.log").write_text(out.stdout + out.stderr)
+        write_text_atomic(home / "deploy.log", out.stdout + out.stderr)
         if out.returncode != 0:
             raise RuntimeError(f"prefect deploy failed ({home / 'deploy.log'}):\n{(out.stdout + out.stderr)[-3000:]}")
     if worker:
@@ -122,7 +124,7 @@ def up(home: Path = DEFAULT_HOME, port: int = 4200, worker: bool = True, deploy:
 
 
 def _save(home: Path, services: Services) -> None:
-    (home / STATE).write_text(json.dumps(asdict(services), indent=2) + "\n")
+    write_json_atomic(home / STATE, asdict(services))
 
 
 def down(home: Path = DEFAULT_HOME, say=print) -> bool:

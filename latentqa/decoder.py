@@ -124,8 +124,7 @@ def merged_adapter(decoder):
     model on CPU, whose LoRA forward costs ~20% more than a plain one (bench/evaluate.py). Outputs change by float
     rounding only. Elsewhere a no-op: in bf16 the adapter's small update would mostly round away, and on a GPU the
     copy of the base weights it keeps could exhaust memory."""
-    params = list(decoder.parameters())
-    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in decoder.parameters()):
         return nullcontext()
     return _merged(decoder)
 

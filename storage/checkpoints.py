@@ -7,27 +7,23 @@ to step-N/ when both are complete, so a checkpoint directory that exists is whol
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from storage.store import atomic_dir
+
 _STEP = re.compile(r"^step-(\d+)$")
 
 
 def save_checkpoint(root: Path, step: int, tensors: dict, meta: dict, keep: int = 2) -> Path:
     final = root / f"step-{step:06d}"
-    tmp = root / f"step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, tmp / "state.safetensors")
-    (tmp / "state.json").write_text(json.dumps(meta))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        tmp.mkdir(parents=True)
+        save_file(tensors, tmp / "state.safetensors")
+        (tmp / "state.json").write_text(json.dumps(meta))
     for old in sorted(_steps(root))[:-keep]:
         shutil.rmtree(root / f"step-{old:06d}")
     return final

@@ -84,18 +84,26 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_pretrained_atomic(model, path: Path) -> None:
-    """`model.save_pretrained` (safetensors) into a temporary folder beside `path`, renamed onto it when every
-    file is written: a killed save leaves a temporary that the next open_stage removes, never a half adapter."""
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder path beside `path` (not yet made, like atomic_path's file); when the block
+    succeeds, fsync its files and rename it onto `path`. A killed block leaves only the temporary, which the next
+    open_stage removes."""
     tmp = path.with_name(path.name + TMP)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    yield tmp
     for written in tmp.rglob("*"):
         if written.is_file():
             with open(written, "rb") as fh:
                 os.fsync(fh.fileno())
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def save_pretrained_atomic(model, path: Path) -> None:
+    """`model.save_pretrained` (safetensors), never a half-written adapter."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
 
 
 class Store:
