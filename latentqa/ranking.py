@@ -13,6 +13,7 @@ measures both).
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -98,16 +99,26 @@ def score_continuations(model, pre: Prefill, continuations: list[list[list[int]]
 
 
 @torch.no_grad()
-def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int) -> list[list[int]]:
+def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int, null: Prefill | None = None,
+           contrast: float = 0.0, plausible: float = 0.1) -> list[list[int]]:
     """Greedy token ids after each prompt, up to and including its end-of-sequence token. A row that ends leaves
-    the batch, so later steps cost only the rows still writing. Consumes `pre.cache`."""
+    the batch, so later steps cost only the rows still writing. Consumes `pre.cache` (and `null.cache`).
+
+    With `null` (the same prompts read with nothing informative patched in) and `contrast` = a > 0, each token
+    maximises (1 + a) log p(t | prompt) - a log p(t | null prompt) among the tokens whose p(t | prompt) is at
+    least `plausible` times the most likely one's: contrastive (context-aware) decoding, Li et al. 2023 and Shi
+    et al. 2024. A decoder that has learned a strong answer prior writes the same generic answer whatever it
+    reads; this keeps what the activations changed and drops what it would have said anyway."""
     rows = pre.mask.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
     if max_new_tokens <= 0:
         return out
+    contrasting = null is not None and contrast > 0
     alive = torch.arange(rows, device=pre.mask.device)
     cache, mask, position = pre.cache, pre.mask, pre.positions[:, -1:]
-    token = pre.last_logits.argmax(-1)
+    if contrasting:
+        null_cache, null_mask, null_position = null.cache, null.mask, null.positions[:, -1:]
+    token = _choose(pre.last_logits, null.last_logits if contrasting else None, contrast, plausible)
     for step in range(max_new_tokens):
         for r, t in zip(alive.tolist(), token.tolist()):
             out[r].append(t)
@@ -118,11 +129,30 @@ def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int) -> list[list[i
             keep = going.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             alive, mask, position, token = alive[keep], mask[keep], position[keep], token[keep]
+            if contrasting:
+                null_cache.batch_select_indices(keep)
+                null_mask, null_position = null_mask[keep], null_position[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         position = position + 1
         logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache).logits
-        token = logits[:, -1].float().argmax(-1)
+        null_logits = None
+        if contrasting:
+            null_mask = torch.cat([null_mask, torch.ones_like(null_mask[:, :1])], dim=1)
+            null_position = null_position + 1
+            null_logits = model(input_ids=token[:, None], attention_mask=null_mask, position_ids=null_position,
+                                cache=null_cache).logits[:, -1]
+        token = _choose(logits[:, -1], null_logits, contrast, plausible)
     return out
+
+
+def _choose(logits: torch.Tensor, null_logits: torch.Tensor | None, contrast: float, plausible: float) -> torch.Tensor:
+    """The next token of each row: the argmax, or the contrastive choice of `greedy`."""
+    if null_logits is None:
+        return logits.float().argmax(-1)
+    logp, null_logp = logits.float().log_softmax(-1), null_logits.float().log_softmax(-1)
+    score = (1 + contrast) * logp - contrast * null_logp
+    floor = logp.max(-1, keepdim=True).values + math.log(plausible)
+    return score.masked_fill(logp < floor, -math.inf).argmax(-1)
 
 
 def replies(tokenizer, ids: list[list[int]]) -> list[str]:

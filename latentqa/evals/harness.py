@@ -84,8 +84,9 @@ class Scorer:
     spent into the prompt pass, loss scoring and generation; `prompts` counts the prompts read."""
 
     def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int,
-                 progress: Callable[[str, int], None] | None = None):
+                 progress: Callable[[str, int], None] | None = None, contrast: float = 0.0):
         self.net, self.tok, self.info, self.bs, self.max_new = net, tokenizer, info, batch_size, max_new_tokens
+        self.contrast = contrast
         self.progress = progress or (lambda what, n: None)
         self.seconds = {"prompt": 0.0, "score": 0.0, "generate": 0.0}
         self.prompts = 0
@@ -100,7 +101,11 @@ class Scorer:
         def run(a, q, c):
             prompts, conts, patch = decoder_prompts(self.net, self.tok, a, q, c, self.info.placeholder_id,
                                                     self.info.write_layer, self.info.norm_match)
-            return self._answer(prompts, conts, patch)
+            null = None
+            if self.contrast > 0:  # the same prompts with zero vectors: what the model says whatever it reads
+                null = decoder_prompts(self.net, self.tok, [np.zeros_like(x) for x in a], q, c,
+                                       self.info.placeholder_id, self.info.write_layer, self.info.norm_match)[2]
+            return self._answer(prompts, conts, patch, null)
         with self._weights(trained):
             return self._once([(_digest(a), q) for a, q in zip(acts, questions)], run, acts, questions,
                               continuations)
@@ -130,7 +135,7 @@ class Scorer:
                 out[i] = (reply, [loss_of[c] for c in continuations[i]])
         return out
 
-    def _answer(self, prompts, conts, patch) -> list[tuple[str, list[float]]]:
+    def _answer(self, prompts, conts, patch, null_patch=None) -> list[tuple[str, list[float]]]:
         pad = pad_id_of(self.tok)
         t0 = time.perf_counter()
         self.prompts += len(prompts)
@@ -139,7 +144,8 @@ class Scorer:
         # rows of continuations per forward: their logits [rows, len, vocab] dominate memory
         losses = score_continuations(self.net, pre, conts, pad, max_rows=max(self.bs, 8))
         t2 = time.perf_counter()
-        texts = replies(self.tok, greedy(self.net, pre, self.max_new, self.tok.eos_token_id))
+        null = prefill(self.net, prompts, pad, null_patch) if null_patch else None
+        texts = replies(self.tok, greedy(self.net, pre, self.max_new, self.tok.eos_token_id, null, self.contrast))
         t3 = time.perf_counter()
         for part, dt in zip(self.seconds, (t1 - t0, t2 - t1, t3 - t2)):
             self.seconds[part] += dt

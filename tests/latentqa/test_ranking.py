@@ -114,3 +114,76 @@ def test_rows_with_one_prompt_are_read_once_and_score_as_if_read_alone(decoder, 
     with decoder.disable_adapter():
         slow = text_losses(decoder, tokenizer, [texts[2]] * 2, ["Who?"] * 2, CANDIDATES[1])
     assert np.allclose(read[2][1], slow, atol=1e-5) and read[0][0] == read[2][0]
+
+
+def _contrastive_alone(decoder, prompt, patch, null_patch, steps, eos, a, plausible):
+    """The reference: one row, its own two prefills, each token chosen from the formula written out."""
+    import math
+
+    from latentqa.ranking import prefill
+
+    own, null = (prefill(decoder, [prompt], -1, p) for p in (patch, null_patch))
+    logits, null_logits, out = own.last_logits[0], null.last_logits[0], []
+    for _ in range(steps):
+        logp, null_logp = logits.log_softmax(-1), null_logits.log_softmax(-1)
+        score = (1 + a) * logp - a * null_logp
+        score[logp < logp.max() + math.log(plausible)] = -math.inf
+        token = int(score.argmax())
+        out.append(token)
+        if token == eos:
+            break
+        step = torch.tensor([[token]])
+        for pre in (own, null):
+            pre.mask = torch.cat([pre.mask, torch.ones_like(pre.mask[:, :1])], dim=1)
+            pre.positions = pre.positions[:, -1:] + 1
+        logits = decoder(input_ids=step, attention_mask=own.mask, position_ids=own.positions,
+                         cache=own.cache).logits[0, -1].float()
+        null_logits = decoder(input_ids=step, attention_mask=null.mask, position_ids=null.positions,
+                              cache=null.cache).logits[0, -1].float()
+    return out
+
+
+def test_contrastive_decoding_follows_its_formula_row_by_row_and_is_greedy_without_contrast(decoder, tokenizer):
+    """Each reply token maximises (1 + a) log p(own) - a log p(zero activations) among plausible tokens, the two
+    caches stay aligned while rows of a batch end apart, and a = 0 (or a null equal to the prompt) is greedy."""
+    from latentqa.dialogs import pad_id_of
+    from latentqa.ranking import decoder_prompts, greedy, prefill
+
+    rng = np.random.default_rng(3)
+    d = decoder.config.hidden_size
+    acts = [rng.normal(0, 3, (n, d)).astype(np.float32) for n in (3, 7, 5)]
+    zeros = [np.zeros_like(x) for x in acts]
+    questions = ["What persona?", "Who is speaking here, in a few words?", "Which one?"]
+    ph, pad, steps, a, floor = placeholder_id(tokenizer, "?"), pad_id_of(tokenizer), 8, 3.0, 0.3
+
+    def both(shown):
+        prompts, _, patch = decoder_prompts(decoder, tokenizer, shown, questions, [[]] * 3, ph, 1, False)
+        return prompts, patch
+
+    prompts, patch = both(acts)
+    _, null_patch = both(zeros)
+    endless = greedy(decoder, prefill(decoder, prompts, pad, patch), steps, -1,
+                     prefill(decoder, prompts, pad, null_patch), a, floor)
+    plain = greedy(decoder, prefill(decoder, prompts, pad, patch), steps, -1)
+    assert endless != plain, "the contrast changed nothing: this test would not see it broken"
+    eos = endless[1][2]
+    got = greedy(decoder, prefill(decoder, prompts, pad, patch), steps, eos, prefill(decoder, prompts, pad, null_patch), a, floor)
+    assert len({len(row) for row in got}) > 1, "rows should end at different steps"
+    for k in range(3):
+        one_prompt, one_patch = decoder_prompts(decoder, tokenizer, [acts[k]], [questions[k]], [[]], ph, 1, False)[::2]
+        one_null = decoder_prompts(decoder, tokenizer, [zeros[k]], [questions[k]], [[]], ph, 1, False)[2]
+        assert got[k] == _contrastive_alone(decoder, one_prompt[0], one_patch, one_null, steps, eos, a, floor), k
+    same = greedy(decoder, prefill(decoder, prompts, pad, patch), steps, eos, prefill(decoder, prompts, pad, patch), a, floor)
+    assert same == greedy(decoder, prefill(decoder, prompts, pad, patch), steps, eos)
+    off = greedy(decoder, prefill(decoder, prompts, pad, patch), steps, eos, prefill(decoder, prompts, pad, null_patch), 0.0, floor)
+    assert off == greedy(decoder, prefill(decoder, prompts, pad, patch), steps, eos)
+
+
+def test_contrast_prefers_what_the_activations_raised_but_never_an_implausible_token():
+    from latentqa.ranking import _choose
+
+    own = torch.tensor([[0.60, 0.30, 0.05, 0.05]]).log()
+    null = torch.tensor([[0.90, 0.09, 0.0001, 0.0099]]).log()
+    assert _choose(own, None, 0.0, 0.1).tolist() == [0]       # greedy
+    assert _choose(own, null, 1.0, 0.1).tolist() == [1]       # raised 0.09 -> 0.30; token 2 is below 0.1 x 0.60
+    assert _choose(own, null, 1.0, 0.05).tolist() == [2]      # with a lower floor, the most raised token wins

@@ -1,0 +1,102 @@
+"""Diagnostic: does contrastive decoding let the release decoder write what it reads? Chosen on validation labels.
+
+The release decoder (configs/release.yaml) tells hidden system prompts apart (calibrated identification 0.75,
+chance 0.20) but writes generic descriptions: its gist token F1 is level with shuffled and zero activations. The
+losses say the activations move its answer; greedy decoding follows the answer prior instead. Contrastive
+decoding (latentqa/ranking.py::greedy) scores each token by (1 + a) log p(t | own activations) - a log p(t | zero
+activations), among plausible tokens, so what the activations changed is kept.
+
+This picks `a` on labels the decoder never saw and that are not test labels: training-file system prompts
+(data/train/system.json) beyond the ones the release config imported, each read under a neutral user turn as
+the import does, asked the derived description question. Every condition is decoded the same way: the decoder
+with its own activations, with another label's (shuffled), with zeros, and the untrained model with its own.
+Reported: token F1 against the derived description, n, seeded 95% intervals, and the paired margin over
+shuffled. The test labels are scored only by `latentqa run --config configs/release.yaml` with the chosen `a`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentqa.decoder import TrainedDecoder, load_decoder
+from latentqa.describe import describe
+from latentqa.dialogs import encode_dialog, pad_id_of
+from latentqa.evals.harness import Scorer, shuffled_sources
+from latentqa.evals.stats import bootstrap, paired
+from latentqa.metrics import token_f1
+from latentqa.release import NEUTRAL_STIMULI, read_behaviours, split_label
+from latentqa.residual import read_spans
+from storage.manifest import Manifest
+from storage.parquet import read_table
+from storage.store import Store
+
+
+def release_decoder(store: Store) -> tuple[Manifest, TrainedDecoder, set[str]]:
+    """The store's newest trained decoder (float32, CPU) and the labels its import stage read."""
+    train = max((m for m in store.manifests() if m.stage == "train"), key=lambda m: m.created_at)
+    imported = next(m for m in store.manifests() if m.stage == "import")
+    labels = set(read_table(store.path(imported, "controls.parquet")).column("label").to_pylist())
+    return train, load_decoder(store.path(train), dtype="float32", device="cpu"), labels
+
+
+def validation_labels(source: Path, imported: set[str], n: int, seed: int) -> list[dict]:
+    """n seeded training-file system prompts the store never imported, each with a neutral user turn."""
+    rows = [r for r in read_behaviours(source / "data" / "train" / "system.json") if r["label"] not in imported]
+    rng = random.Random(seed)
+    picked = sorted(rng.sample(rows, n), key=lambda r: r["label"])
+    for r in picked:
+        r["stimulus_user"] = rng.choice(NEUTRAL_STIMULI)
+    return picked
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default="runs/release")
+    parser.add_argument("--source", default="../shared/latentqa_data")
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--contrast", default="0,0.5,1,2", help="values of a, comma separated")
+    parser.add_argument("--plausible", type=float, default=0.1)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    train, trained, labels = release_decoder(Store(args.store))
+    net, tok, info = trained.net, trained.tokenizer, trained.info
+    rows = validation_labels(Path(args.source), labels, args.n, args.seed)
+    questions, references = [], []
+    for r in rows:
+        q, a = describe(split_label(r["label"])[0], r["control_user"])
+        questions.append(q)
+        references.append(a)
+    encoded = [encode_dialog(tok, r, "system") for r in rows]
+    with torch.no_grad(), net.disable_adapter():
+        acts = read_spans(net, encoded, info.read_layer, pad_id_of(tok))
+    perm = shuffled_sources([r["label"] for r in rows], args.seed)
+    print(f"decoder train/{train.fingerprint[:12]} (write {info.write_layer}, read {info.read_layer}); n = {len(rows)} "
+          f"unseen training-file labels; token F1 against the derived description", flush=True)
+    for a in [float(x) for x in args.contrast.split(",")]:
+        scorer = Scorer(net, tok, info, 64, args.max_new_tokens, contrast=a)
+        start = time.perf_counter()
+        f1 = {}
+        for condition, shown, on in (("decoder", acts, True), ("shuffled", [acts[j] for j in perm], True),
+                                     ("zero", [np.zeros_like(x) for x in acts], True),
+                                     ("untrained_patch", acts, False)):
+            read = scorer.read(shown, questions, [[ref] for ref in references], trained=on)
+            f1[condition] = [token_f1(reply, ref) for (reply, _), ref in zip(read, references)]
+            if condition == "decoder":
+                examples = [reply for reply, _ in read[:3]]
+        line = "  ".join(f"{c} {bootstrap(v, 0)}" for c, v in f1.items())
+        margin = paired(f1["decoder"], f1["shuffled"], 0)
+        print(f"a = {a:<4} {line}  margin over shuffled {margin}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        for e, ref in zip(examples, references):
+            print(f"    {e!r}\n      ref {ref!r}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
