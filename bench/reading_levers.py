@@ -42,7 +42,7 @@ from latentqa.models import load_model
 from latentqa.residual import read_spans
 from latentqa.training import fit
 from storage.store import Store
-from tasks._common import activation_reader, load_examples
+from tasks._data import activation_reader, load_examples
 
 LEVERS = {
     "base": {"write_layer": 0, "norm_match": False, "centre": False},

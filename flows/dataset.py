@@ -18,7 +18,7 @@ from latentqa.preflight import check_run
 from storage.datasets import writer
 from storage.manifest import Manifest
 from storage.store import Store
-from tasks._common import logger
+from tasks._ui import logger
 from tasks.catalog import load_catalog
 from tasks.dataset import record_dataset
 from tasks.extract import extract

@@ -23,7 +23,9 @@ from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, REJECTED, write_table
 from storage.store import Store
-from tasks._common import endpoint_client, fail_if_asked, provenance, publish, stage_task
+from tasks._llm import endpoint_client
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import publish
 
 STAGE, VERSION = "catalog", 2
 

@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from storage.datasets import record_version
 from storage.manifest import Manifest
 from storage.store import Store
-from tasks._common import artifact_key, flow_run_id, in_run, logger
+from tasks._stage import flow_run_id
+from tasks._ui import artifact_key, in_run, logger
 
 
 @task(name="dataset", cache_policy=NO_CACHE, persist_result=False)

@@ -35,8 +35,10 @@ from storage.manifest import Manifest
 from storage.parquet import DIALOGS, MARGINS, METRICS, SPLIT, SUMMARY, read_table, write_table
 from storage.plots import plot_bars
 from storage.store import Store
-from tasks._common import (Progress, activation_reader, endpoint_client, fail_if_asked, logger, provenance, publish,
-                           publish_image, stage_task)
+from tasks._data import activation_reader
+from tasks._llm import endpoint_client
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import Progress, logger, publish, publish_image
 
 STAGE, VERSION = "evaluate", 5  # 5: identification in blocks of K, calibrated (primary) and attribution
 

@@ -31,7 +31,8 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table
 from storage.store import Store, write_json_atomic
-from tasks._common import Progress, fail_if_asked, in_run, logger, provenance, publish, stage_task
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import Progress, in_run, logger, publish
 from tasks._dask import worker_device
 
 STAGE, VERSION = "extract", 2

@@ -18,7 +18,8 @@ from storage.duck import copy_to_parquet
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.store import Store
-from tasks._common import fail_if_asked, logger, provenance, publish, stage_task
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import logger, publish
 
 STAGE, VERSION = "filter", 2
 WORDS = "string_split_regex(lower({col}), '[^a-z0-9]+')"

@@ -21,7 +21,8 @@ from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, DIALOGS, QA, write_table
 from storage.store import Store
-from tasks._common import fail_if_asked, logger, provenance, publish, stage_task
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import logger, publish
 
 STAGE, VERSION = "import", 1
 

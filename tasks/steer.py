@@ -29,7 +29,8 @@ from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import STEER_RESULTS, write_table
 from storage.store import Store
-from tasks._common import Progress, fail_if_asked, logger, provenance, publish, stage_task
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import Progress, logger, publish
 
 STAGE, VERSION = "steer", 3  # 2: debias reports |margin| beside the signed margin; 3: persona on held-out prompts
 

@@ -20,7 +20,9 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_table
 from storage.store import Store
-from tasks._common import Progress, endpoint_client, fail_if_asked, logger, provenance, publish, stage_task
+from tasks._llm import endpoint_client
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import Progress, logger, publish
 
 STAGE, VERSION = "synthesize", 2  # 2: dialogs.parquet has a variant column (null here)
 

@@ -15,43 +15,24 @@ import json
 import os
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Callable
 
 from latentqa.config import ModelConfig, TrainConfig
-from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
-from latentqa.dialogs import pad_id_of
-from latentqa.distributed import rank_and_world, resolve_processes
-from latentqa.models import load_model, model_identity, pick_device
-from latentqa.training import Position, fit, total_steps
-from storage.checkpoints import latest_checkpoint, save_checkpoint
+from latentqa.decoder import DecoderInfo
+from latentqa.distributed import resolve_processes
+from latentqa.models import model_identity, pick_device
+from storage.checkpoints import latest_checkpoint
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CURVES, write_table
 from storage.plots import plot_curves
-from storage.store import StageDir, Store, save_pretrained_atomic
-from tasks._common import (Progress, activation_reader, fail_if_asked, load_examples, logger, provenance, publish,
-                           publish_image, stage_task)
+from storage.store import StageDir, Store
+from tasks._stage import fail_if_asked, provenance, stage_task
+from tasks._ui import Progress, logger, publish, publish_image
+from tasks.train_fit import FitResult, fit_decoder
 
 STAGE, VERSION = "train", 2
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """What fit_decoder hands the stage; from DDP workers it travels as <fp12>.partial/ddp-result.json."""
-    steps: int
-    curves: list[dict[str, Any]]
-    start_step: int
-    elapsed: float
-    n_examples: int
-    n_eval_examples: int
-    layer: int
-    placeholder_id: int
-    device: str
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
@@ -72,7 +53,7 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
         if processes > 1:
             result = _fit_in_processes(processes, cfg, model, split, acts, store, out)
         else:
-            result = fit_decoder(cfg, model, split, acts, store, out.dir)
+            result = fit_decoder(cfg, model, split, acts, store, out.dir, progress=_progress(), log=logger())
         out.remove("checkpoints")  # resume state, not a result
         out.write_json("decoder.json", DecoderInfo(
             base_model=model.name, read_layer=result.layer, write_layer=cfg.write_layer, placeholder=cfg.placeholder,
@@ -89,56 +70,6 @@ def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
     publish(manifest, store, figures=summary)
     publish_image(manifest, store, "curves.png", "training curves")
     return manifest
-
-
-def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest, store: Store, out_dir: Path,
-                device: torch.device | None = None, stop_if_gone: int | None = None) -> FitResult:
-    """Load the target and the examples, wrap it in LoRA, fit (resuming from out_dir/checkpoints), save the
-    adapter to out_dir/adapter. Runs in the stage's process, or in each DDP worker (`device` set, after the
-    process group is up; rank 0 writes). `stop_if_gone`: a pid whose exit stops the run (a killed stage must
-    not leave orphaned workers writing into its directory)."""
-    rank, world = rank_and_world()
-    loaded = load_model(model.name, model.revision, model.dtype, str(device) if device else model.device)
-    tok, layer = loaded.tokenizer, cfg.read_layer if cfg.read_layer is not None else acts.summary["layers"][0]
-    ph_id = placeholder_id(tok, cfg.placeholder)
-    reader = activation_reader(store, acts)  # both splits read the same parts: map them once
-    _, *train_set = load_examples(store, split, reader, "train.parquet", tok, ph_id, layer, cfg.loss_on_ack)
-    _, *eval_set = load_examples(store, split, reader, "eval.parquet", tok, ph_id, layer, cfg.loss_on_ack,
-                                 limit=cfg.eval_examples)
-    if not train_set[0]:
-        raise RuntimeError(f"train: {store.path(split, 'train.parquet')} has no rows; nothing to train on")
-    decoder = make_decoder(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.seed)
-    if cfg.grad_checkpointing:
-        decoder.gradient_checkpointing_enable()
-    replica = None
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        replica = DistributedDataParallel(decoder, device_ids=[loaded.device] if loaded.device.type == "cuda" else None)
-    resume = latest_checkpoint(out_dir / "checkpoints")
-    start_step = resume[1]["step"] if resume else 0
-    progress = Progress(total_steps(len(train_set[0]), cfg), "train: optimizer steps") if rank == 0 else None
-    if progress:
-        progress.advance(start_step)
-    pad_id = pad_id_of(tok)
-    started = time.monotonic()
-
-    def on_step(pos: Position) -> None:
-        if stop_if_gone is not None and not _alive(stop_if_gone):
-            raise SystemExit(f"train: the stage process {stop_if_gone} is gone; stopping this worker")
-        progress.advance()
-        if pos.step % cfg.log_every == 0:
-            logger().info("train: step %d loss %.4f", pos.step, pos.curves[-1]["loss"])
-
-    final = fit(decoder, tuple(train_set), tuple(eval_set), cfg, pad_id, loaded.device, resume=resume,
-                on_checkpoint=lambda step, t, m: save_checkpoint(out_dir / "checkpoints", step, t, m),
-                on_step=on_step, replica=replica)
-    if rank == 0:
-        save_pretrained_atomic(decoder, out_dir / "adapter")
-    return FitResult(steps=final.step, curves=final.curves, start_step=start_step,
-                     elapsed=time.monotonic() - started, n_examples=len(train_set[0]),
-                     n_eval_examples=len(eval_set[0]), layer=layer, placeholder_id=ph_id,
-                     device=str(loaded.device) if world == 1 else f"{world} x {loaded.device.type}")
 
 
 def _fit_in_processes(processes: int, cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,
@@ -171,14 +102,15 @@ def launch_command(processes: int, job: Path) -> list[str]:
             "--dynamo_backend", "no", "-m", "tasks.train_ddp", str(job)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+def _progress() -> Callable[[int, int], None]:
+    """fit_decoder's (steps done, total) reports as the stage's Progress bar and artifact."""
+    bars: list[Progress] = []
+
+    def tell(done: int, total: int) -> None:
+        if not bars:
+            bars.append(Progress(total, "train: optimizer steps"))
+        bars[0].advance(done - bars[0].done)
+    return tell
 
 
 def _summary(result: FitResult, cfg: TrainConfig) -> dict[str, Any]:

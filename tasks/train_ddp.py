@@ -19,7 +19,7 @@ import torch.distributed as dist
 from latentqa.config import ModelConfig, TrainConfig
 from latentqa.distributed import init_from_env, rank_and_world
 from storage.store import Store, write_json_atomic
-from tasks.train import fit_decoder
+from tasks.train_fit import fit_decoder
 
 
 def main(job_path: str) -> None:

@@ -27,6 +27,13 @@ def test_importing_latentqa_leaves_prefect_out():
     assert out.stdout.strip() == "False"
 
 
+def test_a_training_worker_imports_no_prefect():
+    """Each data-parallel worker (tasks/train_ddp.py) on a GPU node needs torch, not the orchestrator."""
+    code = "import sys, tasks.train_ddp, tasks.train_fit, tasks._data; print('prefect' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+
+
 def test_import_direction():
     # app/ (the command line, `latentqa up`) is the only package above the flows; nothing imports it
     assert not {"storage", "tasks", "flows", "prefect", "app"} & _imports("latentqa")

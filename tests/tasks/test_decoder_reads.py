@@ -11,7 +11,7 @@ from latentqa.models import load_model
 from latentqa.training import eval_loss, fit
 from storage.parquet import SPLIT, write_table
 from storage.store import Store
-from tasks._common import activation_reader, load_examples
+from tasks._data import activation_reader, load_examples
 from tasks.extract import extract
 from tests.tasks.helpers import make_synth
 
