@@ -27,7 +27,8 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks, load_model
-from tasks.extract import read_batches, write_part
+from latentqa.extraction import read_batches
+from tasks.extract import write_part
 
 TOPICS = ["the weather", "a new recipe", "my commute", "a job interview", "learning piano", "a trip to Rome",
           "saving money", "a broken bike", "my garden", "a birthday party", "a chess match", "moving house"]
@@ -64,7 +65,7 @@ def matmul_seconds(device: torch.device, dtype: torch.dtype, flops: float, n: in
 
 
 def run_stage(loaded, encoded, ids, layer, out_dir: Path, batch_tokens: int, per_core: bool = True) -> float:
-    """The stage's own reading path and part writer (tasks.extract.read_batches, write_part)."""
+    """The stage's own reading path and part writer (latentqa.extraction.read_batches, tasks.extract.write_part)."""
     start = time.perf_counter()
     dialogs = [{"dialog_id": i, "label": i, "token_ids": encoded[i].token_ids, "n_prefix": encoded[i].n_prefix}
                for i in ids]

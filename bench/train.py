@@ -26,7 +26,7 @@ from latentqa.dialogs import encode_dialog
 from latentqa.models import load_model
 from latentqa.residual import read_layers, right_pad
 from latentqa.training import length_grouped_batches, make_optimizer
-from tasks.extract import read_batches
+from latentqa.extraction import read_batches
 
 
 def step(decoder, optimizer, batch, write_layer: int, patch: bool = True) -> None:

@@ -97,7 +97,7 @@ def test_stage_reads_exactly_the_kept_positions(tmp_path, tiny):
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, tiny_model_dir, monkeypatch):
-    import tasks.extract as stage
+    import latentqa.extraction as reading
 
     cfg, model = _configs(tiny_model_dir)
     dialogs = dialog_rows(6)
@@ -105,7 +105,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, tiny_model
     # the retry is the one-batch-at-a-time path a GPU takes (cpu_parallel only changes the CPU path)
     cfg = cfg.model_copy(update={"batch_tokens": 4096, "part_tokens": 10**6, "cpu_parallel": "ops"})
     reference = extract.fn(cfg, model, make_synth(ref_store, dialogs), ref_store)
-    forward, refused, ran = stage._forward, [], []
+    forward, refused, ran = reading._forward, [], []
 
     def small_memory(loaded, batch, layers):  # a device that holds at most 2 dialogs per forward
         if len(batch) > 2:
@@ -114,7 +114,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, tiny_model
         ran.append(len(batch))
         return forward(loaded, batch, layers)
 
-    monkeypatch.setattr(stage, "_forward", small_memory)
+    monkeypatch.setattr(reading, "_forward", small_memory)
     resumed = extract.fn(cfg, model, make_synth(oom_store, dialogs), oom_store)
     assert refused[0] == 6 and sum(ran) == 6 and max(ran) <= 2
     from storage.parquet import ActivationReader
