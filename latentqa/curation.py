@@ -8,6 +8,10 @@ an earlier qa_id has answer-shingle Jaccard >= the threshold) and
 `leaks` (the question names one of its control's distinctive words). Caps (per control, per category) are
 applied after the rules, over the rows that survive them. Every drop is counted as `dropped_<rule>`. The
 user's own rules (filter.keep_where) run in a sandboxed DuckDB without file or network access.
+
+The filter stage (tasks/filter.py) loads table `base` and calls, in order: `signal_tables` (each label's
+distinctive words, the near-duplicate join), `score_rows` (every row's reason, then the caps) and, on the split
+files it wrote, `check_no_leaks`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ NORMALIZE_SQL = "trim(regexp_replace(lower({col}), '[^a-z0-9]+', ' ', 'g'))"
 SHINGLES_SQL = ("CASE WHEN len(string_split({col}, ' ')) < 3 THEN [{col}] ELSE list_distinct("
                 "[array_to_string(list_slice(string_split({col}, ' '), i, i + 2), ' ') "
                 "for i in range(1, len(string_split({col}, ' ')) - 1)]) END")
+WORDS = "string_split_regex(lower({col}), '[^a-z0-9]+')"
 QA_COLUMNS = {"qa_id": "VARCHAR", "dialog_id": "VARCHAR", "label": "VARCHAR", "family": "VARCHAR",
               "category": "VARCHAR", "kind": "VARCHAR", "question": "VARCHAR", "answer": "VARCHAR"}
 
@@ -53,6 +58,57 @@ def reason_sql(rules: list[Rule]) -> str:
     """A CASE expression giving each row's drop reason, or NULL to keep it."""
     whens = " ".join(f"WHEN {r.predicate} THEN '{r.name}'" for r in rules)
     return f"CASE {whens} ELSE NULL END"
+
+
+def signal_tables(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> None:
+    """Tables `distinctive` (label -> its control's rare words) and `near` (qa_ids repeating an earlier answer)."""
+    con.execute(f"""CREATE TABLE words AS SELECT DISTINCT label, unnest({WORDS.format(col='control_user')}) AS word
+                    FROM (SELECT DISTINCT label, control_user FROM base WHERE control_user IS NOT NULL)""")
+    con.execute("""CREATE TABLE distinctive AS
+        SELECT label, list(word) AS words FROM words
+        JOIN (SELECT word, count(*) AS df FROM words GROUP BY word) USING (word)
+        WHERE length(word) >= 4 AND df <= greatest(1, floor(? * (SELECT count(DISTINCT label) FROM words)))
+        GROUP BY label""", [cfg.leak_max_df])
+    con.execute(f"CREATE TABLE shingled AS SELECT qa_id, dialog_id, {SHINGLES_SQL.format(col='na')} AS sh FROM base")
+    # within one dialog: a label's other dialogs (the release's behaviours) carry the same pairs on purpose
+    con.execute("""CREATE TABLE near AS SELECT DISTINCT b.qa_id FROM shingled a JOIN shingled b
+                   ON a.dialog_id = b.dialog_id AND a.qa_id < b.qa_id
+                   WHERE len(list_intersect(a.sh, b.sh)) / len(list_distinct(list_concat(a.sh, b.sh))) >= ?""",
+                [cfg.near_dup_threshold])
+
+
+def score_rows(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> None:
+    """Table `scored`: every QA row with the reason it is dropped (NULL when kept), caps applied last."""
+    con.execute(f"""CREATE TABLE scored AS
+        WITH first AS (SELECT base.*, min(qa_id) OVER (PARTITION BY nq, na, label) AS label_first FROM base),
+        r AS (
+            SELECT first.*, CASE WHEN dense_rank() OVER (PARTITION BY nq, na ORDER BY label_first) > 1 THEN 2
+                                 ELSE row_number() OVER (PARTITION BY nq, na, dialog_id ORDER BY qa_id) END AS dup_rank,
+                   near.qa_id IS NOT NULL AS near_dup,
+                   coalesce(list_has_any({WORDS.format(col='question')}, distinctive.words), false) AS leaks
+            FROM first LEFT JOIN near USING (qa_id) LEFT JOIN distinctive USING (label))
+        SELECT *, {reason_sql(default_rules(cfg))} AS reason FROM r""")
+    for cap, key, reason in ((cfg.max_qa_per_control, "label", "over_cap_control"),
+                             (cfg.max_qa_per_category, "category", "over_cap_category")):
+        if cap is not None:
+            con.execute(f"""UPDATE scored SET reason = '{reason}' WHERE qa_id IN (
+                SELECT qa_id FROM (SELECT qa_id, row_number() OVER (PARTITION BY {key} ORDER BY hash(qa_id || ?)) AS rn
+                                   FROM scored WHERE reason IS NULL) WHERE rn > ?)""", [str(cfg.seed), cap])
+
+
+def check_no_leaks(con: duckdb.DuckDBPyConnection, train: str, eval_: str, dialogs: str) -> None:
+    """On the written files: no control label, and no control text under another label, in both splits."""
+    labels = con.execute("SELECT DISTINCT label FROM read_parquet(?) INTERSECT SELECT DISTINCT label FROM read_parquet(?)",
+                         [train, eval_]).fetchall()
+    text = f"{NORMALIZE_SQL.format(col='d.control_user')}"
+    texts = con.execute(f"""
+        SELECT t.label, e.label FROM
+          (SELECT DISTINCT s.label, {text} AS t FROM read_parquet(?) s JOIN read_parquet(?) d USING (dialog_id)) t
+        JOIN (SELECT DISTINCT s.label, {text} AS t FROM read_parquet(?) s JOIN read_parquet(?) d USING (dialog_id)) e
+        USING (t)""", [train, dialogs, eval_, dialogs]).fetchall()
+    if labels or texts:
+        raise RuntimeError(f"filter: controls in both train and eval: labels {[l for (l,) in labels]}, same control "
+                           f"text under train/eval labels {texts}; deduplicate the control catalog")
 
 
 def sandbox(rows: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
