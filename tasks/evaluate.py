@@ -23,13 +23,11 @@ from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import load_decoder
 from latentqa.dialogs import pad_id_of
 from latentqa.evals.harness import Scorer, margins, score_items, summarize, verdicts
-from latentqa.evals.items import (HIDDEN, TASKS, Item, heldout_items, hidden_persona_items, relational_items,
-                                  sample_per_task)
+from latentqa.evals.items import TASKS, Item, build_items, read_fresh
 from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
 from latentqa.models import model_identity
-from latentqa.residual import read_spans
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, MARGINS, METRICS, SPLIT, SUMMARY, read_table, write_table
@@ -53,42 +51,6 @@ def fingerprint_of(p: dict[str, Any]) -> str:
                                p["synth"].fingerprint])
 
 
-def read_fresh(model, items: list[Item], layer: int, pad_id: int, batch_size: int) -> None:
-    """Fill items' activations by reading the target (the untrained model) at `layer`."""
-    for it, acts in zip(items, read_spans(model, items, layer, pad_id, batch_size)):
-        it.acts = acts
-
-
-def build_items(cfg: EvaluateConfig, tok, split_rows, dialogs: dict[str, dict], reader, layer: int, variant: str):
-    """(items whose activations come from the store, items the target must read now)."""
-    stored = sample_per_task([it for it in heldout_items(split_rows, dialogs, tok, variant) if it.task in cfg.tasks],
-                             cfg.max_examples, cfg.seed)
-    for it in stored:  # views into the extracted parts, only for the items kept
-        it.acts = reader.acts(it.dialog_id, layer)
-    fresh: list[Item] = []
-    if "relational" in cfg.tasks:
-        fresh += sample_per_task(relational_items(tok, cfg.relational_facts, cfg.seed), cfg.max_examples, cfg.seed)
-    for task in (t for t in HIDDEN if t in cfg.tasks):
-        if task == "hidden_persona" and cfg.hidden_persona_file:  # e.g. the release's (latentqa import-latentqa)
-            hidden = {r["label"]: r for r in read_table(cfg.hidden_persona_file).to_pylist()}
-        else:
-            hidden = heldout_controls(split_rows, dialogs, HIDDEN[task])
-        if cfg.hidden_stimulus:  # the same user turn for all: only the masked system prompt differs
-            hidden = {label: {**h, "stimulus_user": cfg.hidden_stimulus} for label, h in hidden.items()}
-        fresh += whole_blocks(hidden_persona_items(list(hidden.values()), tok, cfg.identification_k, cfg.seed, task),
-                              cfg.max_examples)
-    return stored, fresh
-
-
-def whole_blocks(items: list[Item], n: int | None) -> list[Item]:
-    """At most n identification items (at least one block), whole blocks only: calibration needs every member.
-    The blocks come in a seeded order, so the first ones are a seeded sample."""
-    if n is None or not items:
-        return items
-    size = len(items[0].peers or [None])
-    return items[: max(size, n - n % size)]
-
-
 def scoring_progress(items: list[Item], controls: list[str]) -> Callable[[str, int], None]:
     """A progress bar (and log line every 10%, and Prefect progress artifact) per kind of scoring work, told of
     every batch: replies generated, answers scored, items ranked (identification)."""
@@ -103,19 +65,6 @@ def scoring_progress(items: list[Item], controls: list[str]) -> Callable[[str, i
             bars[what] = Progress(totals[what], f"evaluate: {what}")
         bars[what].advance(n)
     return tell
-
-
-def heldout_controls(split_rows: list[dict], dialogs: dict[str, dict], family: str) -> dict[str, dict]:
-    """The held-out controls of a family as hidden system prompts: label -> {label, text, stimulus_user}, from
-    the label's system-variant dialog where it has one (else any of its dialogs with a user stimulus)."""
-    out: dict[str, dict] = {}
-    for r in split_rows:
-        d = dialogs[r["dialog_id"]]
-        if r["family"] != family or not d["stimulus_user"]:
-            continue
-        if r["label"] not in out or d.get("variant") == "system":
-            out[r["label"]] = {"label": r["label"], "text": d["control_user"], "stimulus_user": d["stimulus_user"]}
-    return out
 
 
 def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) -> Probe | None:
@@ -145,7 +94,8 @@ def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: 
         reader = activation_reader(store, acts)
         dialogs = {d["dialog_id"]: d for d in read_table(store.path(synth, "dialogs.parquet"), DIALOGS).to_pylist()}
         split_rows = read_table(store.path(split, "eval.parquet"), SPLIT).to_pylist()
-        stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant)
+        personas = read_table(cfg.hidden_persona_file).to_pylist() if cfg.hidden_persona_file else None
+        stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant, personas)
         with net.disable_adapter():  # the target is the untrained model
             read_fresh(net, fresh, info.read_layer, pad_id, cfg.batch_size)
         probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None

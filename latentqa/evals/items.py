@@ -17,8 +17,10 @@ from importlib import resources
 import numpy as np
 import yaml
 
+from latentqa.config import EvaluateConfig
 from latentqa.describe import describe
 from latentqa.dialogs import encode_dialog
+from latentqa.residual import read_spans
 
 FAMILIES = ("persona", "goal", "scenario")
 TASKS = ("gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational")
@@ -125,3 +127,55 @@ def sample_per_task(items: list[Item], n: int | None, seed: int) -> list[Item]:
         idx = [i for i, it in enumerate(items) if it.task == task]
         keep |= set(random.Random(seed).sample(idx, min(n, len(idx))))
     return [it for i, it in enumerate(items) if i in keep]
+
+
+def build_items(cfg: EvaluateConfig, tok, split_rows: list[dict], dialogs: dict[str, dict], reader, layer: int,
+                variant: str, hidden_personas: list[dict] | None = None) -> tuple[list[Item], list[Item]]:
+    """(items whose activations `reader.acts(dialog_id, layer)` gives, items the target must read now) for the
+    eval split's rows and their dialogs. `hidden_personas` (label, text, stimulus_user rows, e.g. the release's
+    from `latentqa import-latentqa`) replace the split's held-out personas as the hidden_persona task."""
+    stored = sample_per_task([it for it in heldout_items(split_rows, dialogs, tok, variant) if it.task in cfg.tasks],
+                             cfg.max_examples, cfg.seed)
+    for it in stored:  # views into the extracted parts, only for the items kept
+        it.acts = reader.acts(it.dialog_id, layer)
+    fresh: list[Item] = []
+    if "relational" in cfg.tasks:
+        fresh += sample_per_task(relational_items(tok, cfg.relational_facts, cfg.seed), cfg.max_examples, cfg.seed)
+    for task in (t for t in HIDDEN if t in cfg.tasks):
+        if task == "hidden_persona" and hidden_personas is not None:
+            hidden = {r["label"]: r for r in hidden_personas}
+        else:
+            hidden = heldout_controls(split_rows, dialogs, HIDDEN[task])
+        if cfg.hidden_stimulus:  # the same user turn for all: only the masked system prompt differs
+            hidden = {label: {**h, "stimulus_user": cfg.hidden_stimulus} for label, h in hidden.items()}
+        fresh += whole_blocks(hidden_persona_items(list(hidden.values()), tok, cfg.identification_k, cfg.seed, task),
+                              cfg.max_examples)
+    return stored, fresh
+
+
+def whole_blocks(items: list[Item], n: int | None) -> list[Item]:
+    """At most n identification items (at least one block), whole blocks only: calibration needs every member.
+    The blocks come in a seeded order, so the first ones are a seeded sample."""
+    if n is None or not items:
+        return items
+    size = len(items[0].peers or [None])
+    return items[: max(size, n - n % size)]
+
+
+def heldout_controls(split_rows: list[dict], dialogs: dict[str, dict], family: str) -> dict[str, dict]:
+    """The held-out controls of a family as hidden system prompts: label -> {label, text, stimulus_user}, from
+    the label's system-variant dialog where it has one (else any of its dialogs with a user stimulus)."""
+    out: dict[str, dict] = {}
+    for r in split_rows:
+        d = dialogs[r["dialog_id"]]
+        if r["family"] != family or not d["stimulus_user"]:
+            continue
+        if r["label"] not in out or d.get("variant") == "system":
+            out[r["label"]] = {"label": r["label"], "text": d["control_user"], "stimulus_user": d["stimulus_user"]}
+    return out
+
+
+def read_fresh(model, items: list[Item], layer: int, pad_id: int, batch_size: int) -> None:
+    """Fill items' activations by reading the target (the untrained model) at `layer`."""
+    for it, acts in zip(items, read_spans(model, items, layer, pad_id, batch_size)):
+        it.acts = acts

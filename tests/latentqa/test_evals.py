@@ -161,7 +161,7 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
     from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
     from latentqa.evals.harness import block_hits
     from latentqa.evals.items import read_text
-    from tasks.evaluate import read_fresh
+    from latentqa.evals.items import read_fresh
 
     model = tiny.model
     net = make_decoder(model, 4, 8, 0.0, ["q_proj", "v_proj"]).eval()
@@ -244,7 +244,8 @@ def test_scoring_reports_progress_per_batch(tiny, tokenizer):
     import logging
 
     from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
-    from tasks.evaluate import read_fresh, scoring_progress
+    from latentqa.evals.items import read_fresh
+    from tasks.evaluate import scoring_progress
 
     net = make_decoder(tiny.model, 4, 8, 0.0, ["q_proj", "v_proj"]).eval()
     info = DecoderInfo("tiny", 1, 0, "?", placeholder_id(tokenizer, "?"), "system")

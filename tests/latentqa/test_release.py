@@ -39,7 +39,7 @@ def test_import_writes_catalogs_qa_personas_and_controls(imported):
 def test_hidden_persona_task_runs_on_the_release_personas(imported, tokenizer, tiny):
     from latentqa.decoder import DecoderInfo, make_decoder, placeholder_id
     from latentqa.evals.harness import Scorer, score_items, summarize
-    from tasks.evaluate import read_fresh
+    from latentqa.evals.items import read_fresh
 
     personas = pq.read_table(imported / "hidden_persona.parquet").to_pylist()[:10]
     by_label = {p["label"]: p for p in personas}

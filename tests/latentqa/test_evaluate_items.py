@@ -1,7 +1,7 @@
 """The evaluate stage's hidden-prompt items: held-out personas and goals, whole blocks, an optional neutral stimulus."""
 
 from latentqa.config import EvaluateConfig
-from tasks.evaluate import build_items
+from latentqa.evals.items import build_items
 
 TEXTS = {"persona": ["Speak as a pirate.", "Be a grumpy cat.", "Act as a cheerful chef.", "Respond as a tired knight.",
                      "Answer as a shy robot.", "Talk like a wizard.", "Play a sleepy owl."],
