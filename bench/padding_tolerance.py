@@ -15,7 +15,8 @@ import torch
 from bench.extract import make_dialogs
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_model
-from latentqa.residual import length_batches, read_layers, right_pad
+from latentqa.residual import length_batches, read_layers
+from latentqa.padding import right_pad
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from latentqa.dialogs import encode_dialog
 from latentqa.evals.probe import Probe
 from latentqa.evals.stats import bootstrap
 from latentqa.models import load_model
-from latentqa.residual import right_pad
+from latentqa.padding import right_pad
 from latentqa.release import NEUTRAL_STIMULI
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "latentqa_data"

@@ -24,7 +24,8 @@ from latentqa.config import TrainConfig
 from latentqa.decoder import batch_loss, collate, encode_example, make_decoder, placeholder_id
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_model
-from latentqa.residual import read_layers, right_pad
+from latentqa.residual import read_layers
+from latentqa.padding import right_pad
 from latentqa.training import length_grouped_batches, make_optimizer
 from latentqa.extraction import read_batches
 

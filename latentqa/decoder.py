@@ -17,6 +17,7 @@ import torch
 
 from latentqa.dialogs import encode, render
 from latentqa.models import find_blocks
+from latentqa.padding import left_pad
 from latentqa.patching import PatchSpec, patched_block
 
 PROMPT_FORMAT = 1  # bump when the decoder prompt changes: adapters trained on another format do not transfer
@@ -77,16 +78,12 @@ class Batch:
 def collate(examples: list[DecoderExample], acts: list[np.ndarray | torch.Tensor], pad_id: int,
             device: torch.device, norm_match: bool = False) -> Batch:
     """Left-pad a batch (explicit pad id, positions from the mask) and gather the patch for it."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    ids, mask = left_pad([e.input_ids for e in examples], pad_id)
+    labels, _ = left_pad([e.labels for e in examples], IGNORE)
+    width = ids.shape[1]
     b_idx, p_idx = [], []
     for b, ex in enumerate(examples):
         off = width - len(ex.input_ids)
-        ids[b, off:] = torch.tensor(ex.input_ids)
-        labels[b, off:] = torch.tensor(ex.labels)
-        mask[b, off:] = 1
         b_idx += [b] * ex.n_acts
         p_idx += range(off + ex.act_start, off + ex.act_start + ex.n_acts)
     if torch.is_tensor(acts[0]):  # live reads (steering): keep the autograd graph into the target

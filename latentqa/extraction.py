@@ -16,7 +16,8 @@ import torch
 
 from latentqa.cores import map_per_core
 from latentqa.dialogs import encode_dialog, pad_id_of
-from latentqa.residual import length_batches, read_layers, right_pad
+from latentqa.residual import length_batches, read_layers
+from latentqa.padding import right_pad
 
 log = logging.getLogger("latentqa")
 

@@ -7,6 +7,7 @@ import torch
 
 from latentqa.decoder import collate, encode_example, write_block
 from latentqa.dialogs import pad_id_of
+from latentqa.padding import left_pad
 from latentqa.patching import patched_block
 
 
@@ -62,16 +63,6 @@ def _text_prompt(tokenizer, text: str, question: str) -> list[int]:
 
     msgs = [{"role": "user", "content": f"Here is part of a conversation:\n\n{text}\n\n{question}"}]
     return encode(tokenizer, render(tokenizer, msgs, add_generation_prompt=True))
-
-
-def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, s in enumerate(seqs):
-        ids[b, width - len(s):] = torch.tensor(s)
-        mask[b, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()

@@ -23,7 +23,8 @@ from torch.nn.functional import cross_entropy
 
 from latentqa.decoder import collate, encode_example, write_block
 from latentqa.dialogs import encode, pad_id_of
-from latentqa.generate import _text_prompt, left_pad, next_token_ce
+from latentqa.generate import _text_prompt, next_token_ce
+from latentqa.padding import left_pad, right_pad
 from latentqa.patching import patched_block
 
 
@@ -74,13 +75,9 @@ def score_continuations(model, pre: Prefill, continuations: list[list[list[int]]
     for start in range(0, len(flat), max_rows):
         chunk = sorted(order[start: start + max_rows])  # prompt order within a chunk: often a view of the cache
         owners = [flat[i][0] for i in chunk]
-        width = max(len(flat[i][1]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        for row, i in enumerate(chunk):
-            c = flat[i][1]
-            ids[row, : len(c)] = labels[row, : len(c)] = torch.tensor(c)
-        ids, labels = ids.to(device), labels.to(device)
+        ids, _ = right_pad([flat[i][1] for i in chunk], pad_id, device)
+        labels, _ = right_pad([flat[i][1] for i in chunk], -100, device)
+        width = ids.shape[1]
         owner = torch.tensor(owners, device=device)
         mask = torch.cat([pre.mask[owner], (labels != -100).long()], dim=1)
         positions = pre.positions[owner, -1:] + 1 + torch.arange(width, device=device)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from latentqa.models import find_blocks
+from latentqa.padding import right_pad
 
 
 class _StopForward(Exception):
@@ -42,18 +43,6 @@ def _capture(blocks: nn.ModuleList, layers: list[int], out: dict[int, torch.Tens
     finally:
         for h in handles:
             h.remove()
-
-
-def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids_bt, mask_bt) with each sequence at the start of its row: under causal attention the pads after a
-    real token never change what it reads."""
-    width = max(len(s) for s in seqs)
-    ids_bt = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask_bt = torch.zeros_like(ids_bt)
-    for b, seq in enumerate(seqs):
-        ids_bt[b, : len(seq)] = torch.tensor(seq)
-        mask_bt[b, : len(seq)] = 1
-    return ids_bt, mask_bt
 
 
 def read_layers_with_grad(model: nn.Module, input_ids_bt: torch.Tensor, mask_bt: torch.Tensor, layers: list[int],

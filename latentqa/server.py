@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from latentqa.dialogs import encode, pad_id_of, render
+from latentqa.padding import left_pad
 
 
 @dataclass
@@ -95,12 +96,8 @@ class Generator:
     def _generate(self, batch: list[_Job]) -> list[tuple[str, int, int, str]]:
         from xgrammar.contrib.hf import LogitsProcessor
 
-        width = max(len(j.prompt_ids) for j in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, job in enumerate(batch):
-            ids[b, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
-            mask[b, width - len(job.prompt_ids):] = 1
+        ids, mask = left_pad([j.prompt_ids for j in batch], self.pad_id)
+        width = ids.shape[1]
         first = batch[0]
         kwargs = dict(max_new_tokens=max(j.max_tokens for j in batch), pad_token_id=self.pad_id,
                       eos_token_id=self.tokenizer.eos_token_id)

@@ -16,7 +16,8 @@ import torch
 
 from latentqa.decoder import batch_loss, collate, encode_example
 from latentqa.dialogs import encode_turns, pad_id_of
-from latentqa.residual import read_layers_with_grad, right_pad
+from latentqa.residual import read_layers_with_grad
+from latentqa.padding import right_pad
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import yaml
 
 from latentqa.dialogs import encode, encode_turns, pad_id_of
 from latentqa.describe import PERSONA_QUESTION
-from latentqa.generate import answer, answer_losses, greedy_continuations, left_pad, per_example_ce
+from latentqa.generate import answer, answer_losses, greedy_continuations, per_example_ce
+from latentqa.padding import left_pad
 from latentqa.residual import read_spans
 
 POSITIVE = 0.05  # VADER's conventional threshold

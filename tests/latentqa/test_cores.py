@@ -8,7 +8,8 @@ import torch
 
 from latentqa.cores import map_per_core
 from latentqa.dialogs import encode_dialog
-from latentqa.residual import read_layers, right_pad
+from latentqa.residual import read_layers
+from latentqa.padding import right_pad
 from tests.conftest import DIALOGS
 
 

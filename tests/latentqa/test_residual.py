@@ -4,7 +4,8 @@ import torch
 
 from latentqa.dialogs import encode_dialog
 from latentqa.models import find_blocks
-from latentqa.residual import read_layers, right_pad
+from latentqa.residual import read_layers
+from latentqa.padding import right_pad
 from tests.conftest import DIALOGS
 
 
