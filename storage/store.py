@@ -142,7 +142,8 @@ class Store:
 
     @contextmanager
     def open_stage(self, stage: str, fp: str) -> Iterator[StageDir]:
-        """Open <stage>/<fp12>.partial/ for writing, keeping what an earlier killed run finished there."""
+        """Open <stage>/<fp12>.partial/ for writing, keeping what an earlier killed run finished there. A stage
+        that fails before writing any file leaves nothing behind (bad input writes nothing)."""
         final = self.stage_dir(stage, fp)
         partial = final.with_name(final.name + PARTIAL)
         partial.mkdir(parents=True, exist_ok=True)
@@ -152,9 +153,17 @@ class Store:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StoreError(f"another process is writing {partial}; wait for it or stop it") from None
-            for stale in sorted(partial.rglob(f"*{TMP}"), reverse=True):  # a killed run's half-written files
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()  # (and dirs: checkpoints) never count
-            yield StageDir(self, stage, fp, partial, final)
+            try:
+                for stale in sorted(partial.rglob(f"*{TMP}"), reverse=True):  # a killed run's half-written files
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()  # (and dirs: checkpoints) never count
+                yield StageDir(self, stage, fp, partial, final)
+            except BaseException:
+                if partial.is_dir() and not any(p.is_file() for p in partial.rglob("*")):
+                    shutil.rmtree(partial)  # nothing a rerun could reuse
+                lock_path.unlink(missing_ok=True)
+                if not any(final.parent.iterdir()):
+                    final.parent.rmdir()
+                raise
         lock_path.unlink(missing_ok=True)
 
 

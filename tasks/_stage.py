@@ -1,4 +1,10 @@
-"""The Prefect edge of a stage's protocol: cache keys from fingerprints, assets, provenance, the test fault.
+"""A stage's protocol in one place: the `stage_task` decorator, cache keys from fingerprints, assets, provenance.
+
+A stage module defines its identity (`fingerprint_of`) and a body that writes its files into an open stage
+directory and returns what it made (`Made`). The decorator does the rest, the same way for every stage:
+fingerprint the call's arguments, return the finished directory if there is one, the test fault, open
+`<stage>/<fp12>.partial/`, run the body, commit (inputs: the Manifest arguments in order; config: every config
+section argument in full), publish the artifacts (storage/PROTOCOL.md).
 
 The store is the source of truth. A stage's cache key is `<stage>-<fp12>-<token>`: when the store holds a
 finished directory for the fingerprint, the token is the one recorded in its manifest, so Prefect finds the
@@ -8,12 +14,16 @@ fresh, no cached result can match, and the task runs. A cache entry never stands
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from pydantic import BaseModel
 
 from prefect.assets import Asset, AssetProperties
 from prefect.cache_policies import CacheKeyFnPolicy
@@ -21,8 +31,10 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.tasks import MaterializingTask
 from prefect.transactions import get_transaction
 
+from latentqa.config import EndpointConfig
 from storage.manifest import Manifest
-from storage.store import Store
+from storage.store import StageDir, Store
+from tasks._ui import publish, publish_image
 
 _KEY = re.compile(r"^(?P<stage>[a-z_]+)-(?P<fp>[0-9a-f]{12})-(?P<token>[0-9a-z]+)$")
 
@@ -86,9 +98,72 @@ class StageTask(MaterializingTask):
         return self.with_options(assets=[stage_asset(store, self.stage, fp)], asset_deps=deps)(*args, **kwargs)
 
 
-def stage_task(stage: str, fingerprint_of: Callable[[dict[str, Any]], str], **options):
-    """Decorator: `fn` becomes the cached, asset-materialising Prefect task of `stage`."""
-    return lambda fn: StageTask(fn, stage=stage, fingerprint_of=fingerprint_of, **options)
+@dataclass
+class Made:
+    """What a stage body hands back: the manifest's counts, the rows of each table it wrote and its summary; for
+    the UI, the figures of its table artifact (default: the counts) and a title per PNG it wrote."""
+
+    counts: dict[str, int]
+    rows: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] | None = None
+    images: dict[str, str] = field(default_factory=dict)
+
+
+def drop_counts(rejected: list[dict], prefix: str = "dropped_") -> dict[str, int]:
+    """`<prefix><reason>` -> how many rejected rows (REJECTED schema) have that reason: the manifest's counts of
+    what a stage dropped and why (PROTOCOL.md, "Manifest"). A prefix can name the row's step: "failed_{step}_"."""
+    counts: dict[str, int] = {}
+    for r in rejected:
+        key = prefix.format(**r) + r["reason"]
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def stage_task(stage: str, version: int, fingerprint_of: Callable[[dict[str, Any]], str], section: str | None = None,
+               **options):
+    """Decorator: `body(out, **arguments) -> Made` becomes the cached, asset-materialising Prefect task of `stage`,
+    called with the arguments alone. `section`: the config section name of the body's `cfg` argument in the
+    manifest (default: the stage's name)."""
+    def wrap(body: Callable[..., Made]) -> StageTask:
+        signature = inspect.signature(body)
+        params = [p for name, p in signature.parameters.items() if name != "out"]
+        public = signature.replace(parameters=params, return_annotation=Manifest)
+
+        @functools.wraps(body)
+        def run(*args, **kwargs) -> Manifest:
+            bound = public.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments, store = bound.arguments, bound.arguments["store"]
+            fp = fingerprint_of(arguments)
+            if done := store.finished(stage, fp):
+                return done
+            fail_if_asked(stage)
+            with store.open_stage(stage, fp) as out:
+                made = body(out, **arguments)
+                manifest = _commit(out, version, arguments, section or stage, made)
+            publish(manifest, store, figures=made.figures)
+            for image, title in made.images.items():
+                publish_image(manifest, store, image, title)
+            return manifest
+
+        run.__signature__ = public
+        return StageTask(run, stage=stage, fingerprint_of=fingerprint_of, **options)
+    return wrap
+
+
+def _commit(out: StageDir, version: int, arguments: dict[str, Any], section: str, made: Made) -> Manifest:
+    """The manifest: every Manifest argument an input; every config section argument dumped in full (an
+    endpoint without its base_url, which can carry credentials), and every plain value argument as it is."""
+    config = {}
+    for name, value in arguments.items():
+        if isinstance(value, BaseModel) and not isinstance(value, Manifest):
+            exclude = {"base_url"} if isinstance(value, EndpointConfig) else None
+            config[section if name == "cfg" else name] = value.model_dump(mode="json", exclude=exclude)
+        elif isinstance(value, (str, int, float, bool)):
+            config[name] = value
+    return out.commit(version=version, inputs=[v for v in arguments.values() if isinstance(v, Manifest)],
+                      config=config, counts=made.counts, summary=made.summary, rows=made.rows, **provenance())
 
 
 def stage_asset(store: Store, stage: str, fp: str) -> Asset:

@@ -20,12 +20,10 @@ from latentqa.llm import run_all, stop_if_over_budget
 from latentqa.prompts import generate_controls_messages
 from latentqa.schemas import controls_reply
 from storage.fingerprint import file_sha256, fingerprint
-from storage.manifest import Manifest
 from storage.parquet import CONTROLS, REJECTED, write_table
-from storage.store import Store
+from storage.store import StageDir, Store
 from tasks._llm import endpoint_client
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import publish
+from tasks._stage import Made, drop_counts, stage_task
 
 STAGE, VERSION = "catalog", 2
 
@@ -68,13 +66,9 @@ def generate(cfg: CatalogConfig, endpoint: EndpointConfig, catalog: list[Control
     return accepted, rejected
 
 
-@stage_task(STAGE, fingerprint_of)
-def load_catalog(cfg: CatalogConfig, store: Store, endpoint: EndpointConfig | None = None) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of)
+def load_catalog(out: StageDir, cfg: CatalogConfig, store: Store, endpoint: EndpointConfig | None = None) -> Made:
     """Load and check the controls, add LLM-written ones if asked, sample, and write them as a table."""
-    fp = fingerprint_of({"cfg": cfg, "endpoint": endpoint})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
     catalog = load_controls(_paths(cfg), cfg.families)
     if not catalog:
         raise ValueError(f"catalog.families={cfg.families} selects no controls from {[str(p) for p in _paths(cfg)]}")
@@ -82,16 +76,10 @@ def load_catalog(cfg: CatalogConfig, store: Store, endpoint: EndpointConfig | No
         raise ValueError("catalog.generate_per_category needs an endpoint: pass the run config's endpoint section")
     new, rejected = generate(cfg, endpoint, catalog, store) if cfg.generate_per_category else ([], [])
     controls = sample_controls(sorted(catalog + new, key=lambda c: c.label), cfg.n_controls, cfg.seed)
-    with store.open_stage(STAGE, fp) as out:
-        n = write_table(out.file("controls.parquet"), [c.row() for c in controls], CONTROLS)
-        n_rej = write_table(out.file("generated_rejected.parquet"), rejected, REJECTED)
-        families = {f: sum(c.family == f for c in controls) for f in cfg.families}
-        reasons = {f"generated_rejected_{r}": sum(x["reason"] == r for x in rejected) for r in {x["reason"] for x in rejected}}
-        manifest = out.commit(version=VERSION, config=cfg.model_dump(mode="json"),
-                              rows={"controls.parquet": n, "generated_rejected.parquet": n_rej},
-                              counts={"n_controls": n, **{f"n_{f}": k for f, k in families.items()},
-                                      "n_generated": len(new), "n_generated_in_sample": sum("-gen-" in c.label for c in controls),
-                                      **reasons},
-                              summary={"catalog_files": [p.name for p in _paths(cfg)]}, **provenance())
-    publish(manifest, store)
-    return manifest
+    n = write_table(out.file("controls.parquet"), [c.row() for c in controls], CONTROLS)
+    n_rej = write_table(out.file("generated_rejected.parquet"), rejected, REJECTED)
+    families = {f: sum(c.family == f for c in controls) for f in cfg.families}
+    return Made(rows={"controls.parquet": n, "generated_rejected.parquet": n_rej},
+                counts={"n_controls": n, **{f"n_{f}": k for f, k in families.items()}, "n_generated": len(new),
+                        "n_generated_in_sample": sum("-gen-" in c.label for c in controls), **drop_counts(rejected, "generated_rejected_")},
+                summary={"catalog_files": [p.name for p in _paths(cfg)]})

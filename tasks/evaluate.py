@@ -32,11 +32,11 @@ from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, MARGINS, METRICS, SPLIT, SUMMARY, read_table, write_table
 from storage.plots import plot_bars
-from storage.store import Store
+from storage.store import StageDir, Store
 from tasks._data import activation_reader
 from tasks._llm import endpoint_client
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import Progress, logger, publish, publish_image
+from tasks._stage import Made, stage_task
+from tasks._ui import Progress, logger
 
 STAGE, VERSION = "evaluate", 5  # 5: identification in blocks of K, calibrated (primary) and attribution
 
@@ -76,55 +76,43 @@ def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) ->
     return Probe(mean_pool([reader.acts(d, layer) for d in ids]), [rows[d] for d in ids], seed=seed)
 
 
-@stage_task(STAGE, fingerprint_of)
-def evaluate(cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: Manifest, acts: Manifest,
-             synth: Manifest, store: Store, endpoint: EndpointConfig | None = None) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of)
+def evaluate(out: StageDir, cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: Manifest,
+             acts: Manifest, synth: Manifest, store: Store, endpoint: EndpointConfig | None = None) -> Made:
     """Score every task under the decoder and every control; write the tables, the report and the chart."""
-    fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder, "split": split, "acts": acts, "synth": synth,
-                         "endpoint": endpoint})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
     if cfg.judge and endpoint is None:
         raise ValueError("evaluate.judge needs an endpoint: pass the run config's endpoint section")
-    with store.open_stage(STAGE, fp) as out:
-        trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
-        info, net, tok = trained.info, trained.net, trained.tokenizer
-        pad_id = pad_id_of(tok)
-        reader = activation_reader(store, acts)
-        dialogs = {d["dialog_id"]: d for d in read_table(store.path(synth, "dialogs.parquet"), DIALOGS).to_pylist()}
-        split_rows = read_table(store.path(split, "eval.parquet"), SPLIT).to_pylist()
-        personas = read_table(cfg.hidden_persona_file).to_pylist() if cfg.hidden_persona_file else None
-        stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant, personas)
-        with net.disable_adapter():  # the target is the untrained model
-            read_fresh(net, fresh, info.read_layer, pad_id, cfg.batch_size)
-        probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None
-        items = sorted(stored + fresh, key=lambda it: TASKS.index(it.task))  # the report's task order
-        scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items, cfg.controls))
-        tasks = [t for t in TASKS if any(it.task == t for it in items)]
-        rows = score_items(scorer, items, cfg.controls, cfg.seed, probe)
-        scores = [None] * len(rows)
-        if cfg.judge:
-            with endpoint_client(endpoint, store) as llm:
-                scores = judge_rows(llm, rows)
-        for r, score in zip(rows, scores):
-            r["judge"] = score
-        summary, margin = summarize(rows, cfg.seed), margins(rows, cfg.seed)
-        reads = verdicts(summary)
-        n = write_table(out.file("metrics.parquet"), rows, METRICS)
-        write_table(out.file("summary.parquet"), summary, SUMMARY)
-        write_table(out.file("margins.parquet"), margin, MARGINS)
-        out.write_text("report.md", markdown(summary, margin, reads, rows))
-        plot_bars(primary_scores(summary), out.file("scores.png"), ylabel="primary score")
-        by_task = pivot(summary)
-        manifest = out.commit(version=VERSION, inputs=[decoder, split, acts, synth],
-                              rows={"metrics.parquet": n, "summary.parquet": len(summary),
-                                    "margins.parquet": len(margin)},
-                              counts={"n_items": len(items), **{f"n_{t}": sum(it.task == t for it in items) for t in tasks}},
-                              summary={"scores": by_task, "reads": reads},
-                              config={"evaluate": cfg.model_dump(mode="json")},
-                              **provenance())
+    trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
+    info, net, tok = trained.info, trained.net, trained.tokenizer
+    reader = activation_reader(store, acts)
+    dialogs = {d["dialog_id"]: d for d in read_table(store.path(synth, "dialogs.parquet"), DIALOGS).to_pylist()}
+    split_rows = read_table(store.path(split, "eval.parquet"), SPLIT).to_pylist()
+    personas = read_table(cfg.hidden_persona_file).to_pylist() if cfg.hidden_persona_file else None
+    stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant, personas)
+    with net.disable_adapter():  # the target is the untrained model
+        read_fresh(net, fresh, info.read_layer, pad_id_of(tok), cfg.batch_size)
+    probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None
+    items = sorted(stored + fresh, key=lambda it: TASKS.index(it.task))  # the report's task order
+    scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items, cfg.controls))
+    rows = score_items(scorer, items, cfg.controls, cfg.seed, probe)
+    scores = [None] * len(rows)
+    if cfg.judge:
+        with endpoint_client(endpoint, store) as llm:
+            scores = judge_rows(llm, rows)
+    for r, score in zip(rows, scores):
+        r["judge"] = score
+    summary, margin = summarize(rows, cfg.seed), margins(rows, cfg.seed)
+    reads = verdicts(summary)
+    n = write_table(out.file("metrics.parquet"), rows, METRICS)
+    write_table(out.file("summary.parquet"), summary, SUMMARY)
+    write_table(out.file("margins.parquet"), margin, MARGINS)
+    out.write_text("report.md", markdown(summary, margin, reads, rows))
+    plot_bars(primary_scores(summary), out.file("scores.png"), ylabel="primary score")
+    by_task = pivot(summary)
     logger().info("evaluate: %s", {t: c.get("decoder") for t, c in by_task.items()})
-    publish(manifest, store, figures={f"{r['task']}/{r['condition']}/{r['metric']}": r["value"] for r in summary})
-    publish_image(manifest, store, "scores.png", "decoder vs controls per task")
-    return manifest
+    tasks = [t for t in TASKS if any(it.task == t for it in items)]
+    return Made(rows={"metrics.parquet": n, "summary.parquet": len(summary), "margins.parquet": len(margin)},
+                counts={"n_items": len(items), **{f"n_{t}": sum(it.task == t for it in items) for t in tasks}},
+                summary={"scores": by_task, "reads": reads},
+                figures={f"{r['task']}/{r['condition']}/{r['metric']}": r["value"] for r in summary},
+                images={"scores.png": "decoder vs controls per task"})

@@ -28,9 +28,9 @@ from latentqa.models import load_tokenizer, model_identity, pick_device, pick_dt
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table
-from storage.store import Store, write_json_atomic
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import Progress, in_run, logger, publish
+from storage.store import StageDir, Store
+from tasks._stage import Made, drop_counts, stage_task
+from tasks._ui import Progress, in_run, logger
 from tasks._dask import worker_device
 
 STAGE, VERSION = "extract", 2
@@ -43,14 +43,14 @@ def fingerprint_of(p: dict[str, Any]) -> str:
                                                  {"dtype": dtype}], inputs=[p["dialogs"].fingerprint])
 
 
-def _write_plan(out, parts: list[list[dict]]) -> None:
+def _write_plan(out: StageDir, parts: list[list[dict]]) -> None:
     """plan.json: which dialogs each part holds. A different plan (other part_tokens) voids old parts."""
     plan = [[d["dialog_id"] for d in part] for part in parts]
     path = out.dir / "plan.json"
     if path.exists() and json.loads(path.read_text()) != plan:
         for stale in out.finished_files("part-*.parquet"):
             out.remove(stale.name)
-    write_json_atomic(path, plan)
+    out.write_json("plan.json", plan)
 
 
 def write_part(path: Path, dialogs: list[dict], acts: dict[int, dict[str, Any]], act_dtype: str, d_model: int) -> None:
@@ -100,42 +100,31 @@ def _run_parts(cfg: ExtractConfig, model: ModelConfig, partial_dir: Path, todo: 
         return results
 
 
-@stage_task(STAGE, fingerprint_of)
-def extract(cfg: ExtractConfig, model: ModelConfig, dialogs: Manifest, store: Store) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of)
+def extract(out: StageDir, cfg: ExtractConfig, model: ModelConfig, dialogs: Manifest, store: Store) -> Made:
     """Read the blocks in `read_layers` for every kept token of every dialog, part by part."""
-    fp = fingerprint_of({"cfg": cfg, "model": model, "dialogs": dialogs})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
     rows = read_table(store.path(dialogs, "dialogs.parquet"), DIALOGS).to_pylist()
-    with store.open_stage(STAGE, fp) as out:
-        kept, rejected = encode_all(load_tokenizer(model.name, model.revision), rows, cfg.variant, cfg.max_tokens)
-        parts = plan_parts(kept, cfg.part_tokens)
-        _write_plan(out, parts)
-        todo = [(k, p) for k, p in enumerate(parts) if not out.finished_files(f"part-{k:05d}.parquet")]
-        progress = Progress(len(kept), "extract: dialogs read")
-        progress.advance(len(kept) - sum(len(p) for _, p in todo))
-        started = time.monotonic()
-        results = _run_parts(cfg, model, out.dir, todo, progress)
-        elapsed = time.monotonic() - started
-        write_table(out.file("rejected.parquet"), rejected, REJECTED)
-        manifest = out.commit(version=VERSION, inputs=[dialogs], counts=_counts(rows, kept, parts, rejected),
-                              summary=_summary(cfg, model, results, elapsed),
-                              config={"extract": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")},
-                              rows={f"part-{k:05d}.parquet": len(p) * len(cfg.read_layers) for k, p in enumerate(parts)},
-                              **provenance())
+    kept, rejected = encode_all(load_tokenizer(model.name, model.revision), rows, cfg.variant, cfg.max_tokens)
+    parts = plan_parts(kept, cfg.part_tokens)
+    _write_plan(out, parts)
+    todo = [(k, p) for k, p in enumerate(parts) if not out.finished_files(f"part-{k:05d}.parquet")]
+    progress = Progress(len(kept), "extract: dialogs read")
+    progress.advance(len(kept) - sum(len(p) for _, p in todo))
+    started = time.monotonic()
+    results = _run_parts(cfg, model, out.dir, todo, progress)
+    elapsed = time.monotonic() - started
+    write_table(out.file("rejected.parquet"), rejected, REJECTED)
     logger().info("extract: %d dialogs in %d parts (%d computed now), %d rejected", len(kept), len(parts),
                   len(todo), len(rejected))
-    publish(manifest, store)
-    return manifest
+    return Made(counts=_counts(rows, kept, parts, rejected), summary=_summary(cfg, model, results, elapsed),
+                rows={f"part-{k:05d}.parquet": len(p) * len(cfg.read_layers) for k, p in enumerate(parts)})
 
 
 def _counts(rows, kept, parts, rejected) -> dict[str, int]:
-    reasons = {r["reason"] for r in rejected}
     return {"rows_in": len(rows), "n_dialogs": len(kept), "n_parts": len(parts),
             "n_tokens": sum(len(d["token_ids"]) for d in kept),
             "n_kept_tokens": sum(len(d["token_ids"]) - d["n_prefix"] for d in kept),
-            **{f"dropped_{r}": sum(x["reason"] == r for x in rejected) for r in reasons}}
+            **drop_counts(rejected)}
 
 
 def _summary(cfg: ExtractConfig, model: ModelConfig, results: list[dict], elapsed: float) -> dict[str, Any]:

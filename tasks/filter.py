@@ -17,9 +17,9 @@ from latentqa.splits import assign_splits
 from storage.duck import copy_to_parquet
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
-from storage.store import Store
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import logger, publish
+from storage.store import StageDir, Store
+from tasks._stage import Made, stage_task
+from tasks._ui import logger
 
 STAGE, VERSION = "filter", 2
 
@@ -48,43 +48,35 @@ def _split_table(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> dict[str,
     return splits
 
 
-@stage_task(STAGE, fingerprint_of)
-def filter_qa(cfg: FilterConfig, qa: Manifest, acts: Manifest, store: Store) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of)
+def filter_qa(out: StageDir, cfg: FilterConfig, qa: Manifest, acts: Manifest, store: Store) -> Made:
     """Drop invalid, duplicate, leaking and unextracted QA pairs (each counted), cap, and split by control."""
-    fp = fingerprint_of({"cfg": cfg, "qa": qa, "acts": acts})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
     parts = [str(store.path(acts, f.path)) for f in acts.files_matching("part-")]
     dialogs = str(store.path(qa, "dialogs.parquet"))
-    with store.open_stage(STAGE, fp) as out:
-        con = duckdb.connect()
-        con.execute(f"SET temp_directory = '{out.dir / 'duckdb.tmp'}'")  # spills stay inside the stage directory
-        con.execute("SET memory_limit = '1GB'")
-        _load(con, str(store.path(qa, "qa.parquet")), dialogs, parts)
-        rows = con.execute("SELECT * FROM base").to_arrow_table() if cfg.keep_where else None
-        con.register("user_drops", user_rule_drops(rows, cfg.keep_where))  # evaluated in a sandbox
-        signal_tables(con, cfg)
-        score_rows(con, cfg)
-        splits = _split_table(con, cfg)
-        cols = "qa_id, dialog_id, label, family, category, kind, question, answer"
-        rows = {f"{s}.parquet": copy_to_parquet(con, f"SELECT {cols}, split FROM scored JOIN splits USING (label) WHERE "
-                                                     f"reason IS NULL AND split = '{s}' ORDER BY qa_id", out.file(f"{s}.parquet"))
-                for s in ("train", "eval")}
-        rows["rejected.parquet"] = copy_to_parquet(
-            con, "SELECT qa_id AS item_id, label, 'filter' AS step, reason, question || ' => ' || answer AS detail "
-                 "FROM scored WHERE reason IS NOT NULL ORDER BY qa_id", out.file("rejected.parquet"))
-        check_no_leaks(con, str(out.file("train.parquet")), str(out.file("eval.parquet")), dialogs)
-        dropped = dict(con.execute("SELECT 'dropped_' || reason, count(*) FROM scored WHERE reason IS NOT NULL "
-                                   "GROUP BY reason").fetchall())
-        counts = {"rows_in": con.execute("SELECT count(*) FROM scored").fetchone()[0],
-                  "rows_out": rows["train.parquet"] + rows["eval.parquet"], "n_train": rows["train.parquet"],
-                  "n_eval": rows["eval.parquet"], "n_train_labels": sum(s == "train" for s in splits.values()),
-                  "n_eval_labels": sum(s == "eval" for s in splits.values()), **dropped}
-        con.close()
-        out.remove("duckdb.tmp")
-        manifest = out.commit(version=VERSION, inputs=[qa, acts], rows=rows, counts=counts,
-                              config={"filter": cfg.model_dump(mode="json")}, **provenance())
+    con = duckdb.connect()
+    con.execute(f"SET temp_directory = '{out.dir / 'duckdb.tmp'}'")  # spills stay inside the stage directory
+    con.execute("SET memory_limit = '1GB'")
+    _load(con, str(store.path(qa, "qa.parquet")), dialogs, parts)
+    rows = con.execute("SELECT * FROM base").to_arrow_table() if cfg.keep_where else None
+    con.register("user_drops", user_rule_drops(rows, cfg.keep_where))  # evaluated in a sandbox
+    signal_tables(con, cfg)
+    score_rows(con, cfg)
+    splits = _split_table(con, cfg)
+    cols = "qa_id, dialog_id, label, family, category, kind, question, answer"
+    rows = {f"{s}.parquet": copy_to_parquet(con, f"SELECT {cols}, split FROM scored JOIN splits USING (label) WHERE "
+                                                 f"reason IS NULL AND split = '{s}' ORDER BY qa_id", out.file(f"{s}.parquet"))
+            for s in ("train", "eval")}
+    rows["rejected.parquet"] = copy_to_parquet(
+        con, "SELECT qa_id AS item_id, label, 'filter' AS step, reason, question || ' => ' || answer AS detail "
+             "FROM scored WHERE reason IS NOT NULL ORDER BY qa_id", out.file("rejected.parquet"))
+    check_no_leaks(con, str(out.file("train.parquet")), str(out.file("eval.parquet")), dialogs)
+    dropped = dict(con.execute("SELECT 'dropped_' || reason, count(*) FROM scored WHERE reason IS NOT NULL "
+                               "GROUP BY reason").fetchall())
+    counts = {"rows_in": con.execute("SELECT count(*) FROM scored").fetchone()[0],
+              "rows_out": rows["train.parquet"] + rows["eval.parquet"], "n_train": rows["train.parquet"],
+              "n_eval": rows["eval.parquet"], "n_train_labels": sum(s == "train" for s in splits.values()),
+              "n_eval_labels": sum(s == "eval" for s in splits.values()), **dropped}
+    con.close()
+    out.remove("duckdb.tmp")
     logger().info("filter: %s", counts)
-    publish(manifest, store)
-    return manifest
+    return Made(counts=counts, rows=rows)

@@ -18,11 +18,10 @@ from typing import Any
 from latentqa.config import ReleaseConfig
 from latentqa.release import release_dataset
 from storage.fingerprint import file_sha256, fingerprint
-from storage.manifest import Manifest
 from storage.parquet import CONTROLS, DIALOGS, QA, write_table
-from storage.store import Store
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import logger, publish
+from storage.store import StageDir, Store
+from tasks._stage import Made, stage_task
+from tasks._ui import logger
 
 STAGE, VERSION = "import", 1
 
@@ -33,25 +32,16 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[cfg, files])
 
 
-@stage_task(STAGE, fingerprint_of)
-def import_release(cfg: ReleaseConfig, store: Store) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of, section="release")
+def import_release(out: StageDir, cfg: ReleaseConfig, store: Store) -> Made:
     """Read and check every release file, then write controls, dialogs and QA pairs."""
-    fp = fingerprint_of({"cfg": cfg})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
     data = release_dataset(cfg.source, [(f.path, f.heldout) for f in cfg.files], cfg.qa, cfg.stimulus,
                            cfg.max_labels, cfg.seed)
-    with store.open_stage(STAGE, fp) as out:
-        n = {name: write_table(out.file(name), rows, schema) for name, rows, schema in
-             (("controls.parquet", data.controls, CONTROLS), ("dialogs.parquet", data.dialogs, DIALOGS),
-              ("qa.parquet", data.qa, QA))}
-        manifest = out.commit(version=VERSION, rows=n, counts=data.counts,
-                              config={"release": cfg.model_dump(mode="json")},
-                              summary={"source": "LatentQA release (Pan, Chen, Steinhardt 2024)",
-                                       "files": {f.path: file_sha256(cfg.source / f.path) for f in cfg.files}},
-                              **provenance())
+    n = {name: write_table(out.file(name), rows, schema) for name, rows, schema in
+         (("controls.parquet", data.controls, CONTROLS), ("dialogs.parquet", data.dialogs, DIALOGS),
+          ("qa.parquet", data.qa, QA))}
     logger().info("import: %d labels, %d dialogs, %d QA pairs (%d derived)", data.counts["n_labels"],
                   n["dialogs.parquet"], n["qa.parquet"], data.counts.get("n_qa_derived", 0))
-    publish(manifest, store)
-    return manifest
+    return Made(counts=data.counts, rows=n, summary={
+        "source": "LatentQA release (Pan, Chen, Steinhardt 2024)",
+        "files": {f.path: file_sha256(cfg.source / f.path) for f in cfg.files}})

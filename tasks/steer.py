@@ -28,9 +28,9 @@ from latentqa.steering import SteerSettings, add_steering_lora, randomize_like, 
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import STEER_RESULTS, write_table
-from storage.store import Store
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import Progress, logger, publish
+from storage.store import StageDir, Store
+from tasks._stage import Made, stage_task
+from tasks._ui import Progress, logger
 
 STAGE, VERSION = "steer", 3  # 2: debias reports |margin| beside the signed margin; 3: persona on held-out prompts
 
@@ -60,55 +60,46 @@ def _measure(cfg: SteerConfig, target, decoder, tok, info, persona, distractors,
     return results, samples
 
 
-@stage_task(STAGE, fingerprint_of)
-def steer(cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of)
+def steer(out: StageDir, cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store) -> Made:
     """Train the steering LoRA through the frozen decoder; compare the target before, after and randomised."""
-    fp = fingerprint_of({"cfg": cfg, "model": model, "decoder": decoder})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
     pairs, persona = control_pairs(cfg)
-    with store.open_stage(STAGE, fp) as out:
-        trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
-        info, dec, tok = trained.info, trained.net, trained.tokenizer
-        prompts = ev.steering_data()["neutral_prompts"]
-        settings = SteerSettings(cfg.steps, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha, per_layer=cfg.per_layer,
-                                 seed=cfg.seed)
-        target = add_steering_lora(load_model(model.name, model.revision, model.dtype, model.device).model,
-                                   info.read_layer, settings)
-        distractors = []
-        if persona:  # pairs by reading: the decoder's answers about the target with the persona as system prompt
-            pairs = ev.pairs_by_reading(dec, target, tok, info, persona, prompts[:4],  # its LoRA starts at zero
-                                        description_questions("persona", 3))
-            others = sorted(c.text for c in load_controls(builtin_paths(), ["persona"]) if c.text != persona)
-            distractors = others[:: max(1, len(others) // (cfg.identification_k - 1))][: cfg.identification_k - 1]
-        measured = Progress(3, "steer: conditions evaluated (before, steered, random LoRA)")
-        with target.disable_adapter():
-            results, samples = _measure(cfg, target, dec, tok, info, persona, distractors, "before")
-        measured.advance()
-        progress = Progress(cfg.steps, "steer: optimizer steps")
-        curve = train_steering(target, dec, tok, info, pairs, prompts, settings, on_step=lambda *_: progress.advance())
-        out.save_model("adapter", target)
-        r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "steered")
-        results, samples = results + r, samples + s
-        measured.advance()
-        randomize_like(target, cfg.seed + 1)  # the trained adapter is saved above
-        r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
-        results, samples = results + r, samples + s
-        measured.advance()
-        out.write_json("steer.json", {
-            "control": cfg.control, "persona": persona, "pairs": pairs, "curve": curve, "trained_on": prompts,
-            "persona_measured_on": ev.steering_data()["heldout_prompts"] if persona else []})
-        n = write_table(out.file("results.parquet"), results, STEER_RESULTS)
-        out.write_text("report.md", report(cfg, results, samples, curve))
-        manifest = out.commit(version=VERSION, inputs=[decoder], rows={"results.parquet": n},
-                              counts={"n_pairs": len(pairs), "steps": cfg.steps},
-                              summary={"results": results, "first_loss": curve[0]["loss"], "last_loss": curve[-1]["loss"]},
-                              config={"steer": cfg.model_dump(mode="json")}, **provenance())
+    trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
+    info, dec, tok = trained.info, trained.net, trained.tokenizer
+    prompts = ev.steering_data()["neutral_prompts"]
+    settings = SteerSettings(cfg.steps, cfg.lr, cfg.batch_size, cfg.lora_r, cfg.lora_alpha, per_layer=cfg.per_layer,
+                             seed=cfg.seed)
+    target = add_steering_lora(load_model(model.name, model.revision, model.dtype, model.device).model,
+                               info.read_layer, settings)
+    distractors = []
+    if persona:  # pairs by reading: the decoder's answers about the target with the persona as system prompt
+        pairs = ev.pairs_by_reading(dec, target, tok, info, persona, prompts[:4],  # its LoRA starts at zero
+                                    description_questions("persona", 3))
+        others = sorted(c.text for c in load_controls(builtin_paths(), ["persona"]) if c.text != persona)
+        distractors = others[:: max(1, len(others) // (cfg.identification_k - 1))][: cfg.identification_k - 1]
+    measured = Progress(3, "steer: conditions evaluated (before, steered, random LoRA)")
+    with target.disable_adapter():
+        results, samples = _measure(cfg, target, dec, tok, info, persona, distractors, "before")
+    measured.advance()
+    progress = Progress(cfg.steps, "steer: optimizer steps")
+    curve = train_steering(target, dec, tok, info, pairs, prompts, settings, on_step=lambda *_: progress.advance())
+    out.save_model("adapter", target)
+    r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "steered")
+    results, samples = results + r, samples + s
+    measured.advance()
+    randomize_like(target, cfg.seed + 1)  # the trained adapter is saved above
+    r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
+    results, samples = results + r, samples + s
+    measured.advance()
+    out.write_json("steer.json", {
+        "control": cfg.control, "persona": persona, "pairs": pairs, "curve": curve, "trained_on": prompts,
+        "persona_measured_on": ev.steering_data()["heldout_prompts"] if persona else []})
+    n = write_table(out.file("results.parquet"), results, STEER_RESULTS)
+    out.write_text("report.md", report(cfg, results, samples, curve))
     logger().info("steer: loss %.3f -> %.3f; %s", curve[0]["loss"], curve[-1]["loss"], results)
-    publish(manifest, store, figures={f"{r['eval']}/{r['metric']}/{r['condition']}": round(r["value"], 4)
-                                      for r in results})
-    return manifest
+    return Made(rows={"results.parquet": n}, counts={"n_pairs": len(pairs), "steps": cfg.steps},
+                summary={"results": results, "first_loss": curve[0]["loss"], "last_loss": curve[-1]["loss"]},
+                figures={f"{r['eval']}/{r['metric']}/{r['condition']}": round(r["value"], 4) for r in results})
 
 
 def report(cfg: SteerConfig, results: list[dict], samples: list[dict], curve: list[dict]) -> str:

@@ -19,11 +19,12 @@ from latentqa.schemas import answers_reply, dialog_reply, implications_reply
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_table
-from storage.store import Store
+from storage.store import StageDir, Store
 from tasks._llm import endpoint_client
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import Progress, logger, publish
+from tasks._stage import Made, drop_counts, stage_task
+from tasks._ui import Progress, logger
 
+FAILED = "failed_{step}_"  # a count per step that failed (generate, validate) and reason
 STAGE, VERSION = "synthesize", 2  # 2: dialogs.parquet has a variant column (null here)
 
 
@@ -78,52 +79,33 @@ def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progress: Pr
     return run_all(llm, [one(c) for c in controls])
 
 
-@stage_task(STAGE, fingerprint_of)
-def synthesize(cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manifest, store: Store) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of)
+def synthesize(out: StageDir, cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manifest, store: Store) -> Made:
     """Expand every control into one dialog and its QA pairs; failures are kept with their reason."""
-    fp = fingerprint_of({"cfg": cfg, "endpoint": endpoint, "controls": controls})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
     rows = read_table(store.path(controls, "controls.parquet"), CONTROLS).to_pylist()
-    with store.open_stage(STAGE, fp) as out, endpoint_client(endpoint, store) as llm:
+    with endpoint_client(endpoint, store) as llm:
         results = _run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded"))
         stop_if_over_budget([r for calls, _ in results for r in calls.values()], llm, STAGE)
-        dialogs, qa, rejected = [], [], []
-        for control, (calls, questions) in zip(rows, results):
-            for acc, new in zip((dialogs, qa, rejected), _rows(control, calls, questions)):
-                acc.extend(new)
-        _check_failures(len(rows), rejected, cfg.max_fail_fraction)
-        n = {name: write_table(out.file(name), data, schema) for name, data, schema in
-             (("dialogs.parquet", dialogs, DIALOGS), ("qa.parquet", qa, QA), ("rejected.parquet", rejected, REJECTED))}
-        sent = sum(r.sent for calls, _ in results for r in calls.values())
-        cached = sum(r.cached for calls, _ in results for r in calls.values())
-        counts = {"n_controls": len(rows), "n_dialogs": n["dialogs.parquet"], "n_qa": n["qa.parquet"],
-                  "requests_sent": sent, "requests_cached": cached,
-                  **_reason_counts(rejected)}
-        manifest = out.commit(version=VERSION, inputs=[controls], rows=n, counts=counts,
-                              config={"synthesize": cfg.model_dump(mode="json"),
-                                      "endpoint": endpoint.model_dump(mode="json", exclude={"base_url"})},
-                              summary={"model_id": endpoint.served_model, "local_endpoint": not endpoint.base_url,
-                                       "structured_output": llm.mode, "spent_usd": round(llm.budget.spent, 6)},
-                              **provenance())
+    dialogs, qa, rejected = [], [], []
+    for control, (calls, questions) in zip(rows, results):
+        for acc, new in zip((dialogs, qa, rejected), _rows(control, calls, questions)):
+            acc.extend(new)
+    _check_failures(len(rows), rejected, cfg.max_fail_fraction)
+    n = {name: write_table(out.file(name), data, schema) for name, data, schema in
+         (("dialogs.parquet", dialogs, DIALOGS), ("qa.parquet", qa, QA), ("rejected.parquet", rejected, REJECTED))}
+    sent = sum(r.sent for calls, _ in results for r in calls.values())
+    cached = sum(r.cached for calls, _ in results for r in calls.values())
     logger().info("synthesize: %d dialogs, %d QA pairs, %d failed controls (%d sent, %d cached)",
-                          n["dialogs.parquet"], n["qa.parquet"], len({r["label"] for r in rejected}), sent, cached)
-    publish(manifest, store)
-    return manifest
-
-
-def _reason_counts(rejected: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rejected:
-        key = f"failed_{r['step']}_{r['reason']}"
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+                  n["dialogs.parquet"], n["qa.parquet"], len({r["label"] for r in rejected}), sent, cached)
+    return Made(rows=n, counts={"n_controls": len(rows), "n_dialogs": n["dialogs.parquet"], "n_qa": n["qa.parquet"],
+                                "requests_sent": sent, "requests_cached": cached, **drop_counts(rejected, FAILED)},
+                summary={"model_id": endpoint.served_model, "local_endpoint": not endpoint.base_url,
+                         "structured_output": llm.mode, "spent_usd": round(llm.budget.spent, 6)})
 
 
 def _check_failures(n_controls: int, rejected: list[dict], limit: float) -> None:
     failed = len({r["label"] for r in rejected})
     if n_controls and failed / n_controls > limit:
-        reasons = _reason_counts(rejected)
+        reasons = drop_counts(rejected, FAILED)
         raise RuntimeError(f"synthesize: {failed}/{n_controls} controls failed ({reasons}), above "
                            f"synthesize.max_fail_fraction={limit}; replies so far are kept in requests.sqlite")

@@ -28,8 +28,8 @@ from storage.manifest import Manifest
 from storage.parquet import CURVES, write_table
 from storage.plots import plot_curves
 from storage.store import StageDir, Store
-from tasks._stage import fail_if_asked, provenance, stage_task
-from tasks._ui import Progress, logger, publish, publish_image
+from tasks._stage import Made, stage_task
+from tasks._ui import Progress, logger
 from tasks.train_fit import FitResult, fit_decoder
 
 STAGE, VERSION = "train", 2
@@ -41,35 +41,25 @@ def fingerprint_of(p: dict[str, Any]) -> str:
                        inputs=[p["split"].fingerprint, p["acts"].fingerprint])
 
 
-@stage_task(STAGE, fingerprint_of)
-def train(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest, store: Store) -> Manifest:
+@stage_task(STAGE, VERSION, fingerprint_of)
+def train(out: StageDir, cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest, store: Store) -> Made:
     """LoRA fine-tuning of the decoder on (activations, question) -> answer, loss on the answer only."""
-    fp = fingerprint_of({"cfg": cfg, "model": model, "split": split, "acts": acts})
-    if done := store.finished(STAGE, fp):
-        return done
-    fail_if_asked(STAGE)
-    with store.open_stage(STAGE, fp) as out:
-        processes = resolve_processes(cfg.processes, cfg.grad_accum, pick_device(model.device).type)
-        if processes > 1:
-            result = _fit_in_processes(processes, cfg, model, split, acts, store, out)
-        else:
-            result = fit_decoder(cfg, model, split, acts, store, out.dir, progress=_progress(), log=logger())
-        out.remove("checkpoints")  # resume state, not a result
-        out.write_json("decoder.json", DecoderInfo(
-            base_model=model.name, read_layer=result.layer, write_layer=cfg.write_layer, placeholder=cfg.placeholder,
-            placeholder_id=result.placeholder_id, variant=acts.summary["variant"], norm_match=cfg.norm_match).to_json())
-        n_curves = write_table(out.file("curves.parquet"), result.curves, CURVES)
-        plot_curves(result.curves, out.file("curves.png"))
-        summary = _summary(result, cfg)
-        manifest = out.commit(version=VERSION, inputs=[split, acts], rows={"curves.parquet": n_curves},
-                              counts={"n_examples": result.n_examples, "n_eval_examples": result.n_eval_examples,
-                                      "n_steps": result.steps, "resumed_at_step": result.start_step},
-                              summary={**summary, "device": result.device, "processes": processes},
-                              config={"train": cfg.model_dump(mode="json"), "model": model.model_dump(mode="json")},
-                              **provenance())
-    publish(manifest, store, figures=summary)
-    publish_image(manifest, store, "curves.png", "training curves")
-    return manifest
+    processes = resolve_processes(cfg.processes, cfg.grad_accum, pick_device(model.device).type)
+    if processes > 1:
+        result = _fit_in_processes(processes, cfg, model, split, acts, store, out)
+    else:
+        result = fit_decoder(cfg, model, split, acts, store, out.dir, progress=_progress(), log=logger())
+    out.remove("checkpoints")  # resume state, not a result
+    out.write_json("decoder.json", DecoderInfo(
+        base_model=model.name, read_layer=result.layer, write_layer=cfg.write_layer, placeholder=cfg.placeholder,
+        placeholder_id=result.placeholder_id, variant=acts.summary["variant"], norm_match=cfg.norm_match).to_json())
+    n_curves = write_table(out.file("curves.parquet"), result.curves, CURVES)
+    plot_curves(result.curves, out.file("curves.png"))
+    summary = _summary(result, cfg)
+    return Made(rows={"curves.parquet": n_curves}, figures=summary, images={"curves.png": "training curves"},
+                counts={"n_examples": result.n_examples, "n_eval_examples": result.n_eval_examples,
+                        "n_steps": result.steps, "resumed_at_step": result.start_step},
+                summary={**summary, "device": result.device, "processes": processes})
 
 
 def _fit_in_processes(processes: int, cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,

@@ -37,6 +37,21 @@ def test_directory_without_manifest_is_not_finished(tmp_store):
     assert partial.is_dir() and not (partial / "manifest.json").exists()
 
 
+def test_a_stage_that_fails_before_writing_a_file_leaves_nothing(tmp_store):
+    """Bad input found after the directory was opened (a malformed release, a missing endpoint) writes nothing;
+    a failure after a file was written keeps the .partial directory for the rerun (the test above)."""
+    with pytest.raises(ValueError):
+        with tmp_store.open_stage("import", "e" * 64) as out:
+            out.file("sub/dir")  # folders alone are nothing a rerun could reuse
+            raise ValueError("malformed input")
+    assert not (tmp_store.root / "import").exists()
+    _commit(tmp_store)
+    with pytest.raises(ValueError):
+        with tmp_store.open_stage("extract", "f" * 64):
+            raise ValueError("malformed input")
+    assert sorted(p.name for p in (tmp_store.root / "extract").iterdir()) == ["a" * 12]
+
+
 def test_tmp_files_never_count(tmp_store):
     partial = tmp_store.root / "extract" / ("c" * 12 + ".partial")
     partial.mkdir(parents=True)
