@@ -41,6 +41,7 @@ from latentqa.generate import answer_losses
 from latentqa.models import load_model
 from latentqa.residual import read_spans
 from latentqa.training import fit
+from storage import outputs
 from storage.store import Store
 from tasks._data import activation_reader, load_examples
 
@@ -67,12 +68,12 @@ def main() -> None:
     store = Store(args.store)
     split = next(m for m in store.manifests() if m.stage == "filter")
     acts = next(m for m in store.manifests() if m.stage == "extract")
-    layer = acts.summary["layers"][0]
+    layer = outputs.read_layers(acts)[0]
     loaded = load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
     tok = loaded.tokenizer
     ph_id = placeholder_id(tok, "?")
     reader = activation_reader(store, acts)
-    rows, examples, views = load_examples(store, split, reader, "train.parquet", tok, ph_id, layer)
+    rows, examples, views = load_examples(store, split, reader, "train", tok, ph_id, layer)
     order = list(range(len(rows)))
     random.Random(0).shuffle(order)
     val, train = order[: args.val - args.val % args.k], order[args.val: args.val + args.train]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from latentqa.decoder import encode_example
 from storage.manifest import Manifest
-from storage.parquet import SPLIT, ActivationReader, read_table
+from storage.parquet import ActivationReader
+from storage import outputs
 from storage.store import Store
 
 
@@ -14,8 +15,9 @@ def activation_reader(store: Store, acts: Manifest) -> ActivationReader:
 
 def load_examples(store: Store, split: Manifest, reader: ActivationReader, name: str, tokenizer, ph_id: int,
                   layer: int, loss_on_ack: bool = False, limit: int | None = None):
-    """(rows, decoder examples, activation views) for one split file; views share the Parquet buffers."""
-    rows = read_table(store.path(split, name), SPLIT).to_pylist()[:limit]
+    """(rows, decoder examples, activation views) of one split (`train` or `eval`); views share the Parquet
+    buffers."""
+    rows = outputs.split_rows(store, split, name)[:limit]
     views = [reader.acts(r["dialog_id"], layer) for r in rows]
     examples = [encode_example(tokenizer, len(v), r["question"], r["answer"], ph_id, loss_on_ack)
                 for r, v in zip(rows, views)]

@@ -30,8 +30,9 @@ from latentqa.evals.report import markdown, pivot, primary_scores
 from latentqa.models import model_identity
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
-from storage.parquet import DIALOGS, MARGINS, METRICS, SPLIT, SUMMARY, read_table, write_table
+from storage.parquet import MARGINS, METRICS, SUMMARY, read_table, write_table
 from storage.plots import plot_bars
+from storage import outputs
 from storage.store import StageDir, Store
 from tasks._data import activation_reader
 from tasks._llm import endpoint_client
@@ -69,7 +70,7 @@ def scoring_progress(items: list[Item], controls: list[str]) -> Callable[[str, i
 
 def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) -> Probe | None:
     """The probe control: family from mean-pooled activations, fit on the train split's dialogs."""
-    rows = {r["dialog_id"]: r["family"] for r in read_table(store.path(split, "train.parquet"), SPLIT).to_pylist()}
+    rows = {r["dialog_id"]: r["family"] for r in outputs.split_rows(store, split, "train")}
     if len(set(rows.values())) < 2:
         return None
     ids = sorted(rows)
@@ -85,8 +86,8 @@ def evaluate(out: StageDir, cfg: EvaluateConfig, model: ModelConfig, decoder: Ma
     trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
     info, net, tok = trained.info, trained.net, trained.tokenizer
     reader = activation_reader(store, acts)
-    dialogs = {d["dialog_id"]: d for d in read_table(store.path(synth, "dialogs.parquet"), DIALOGS).to_pylist()}
-    split_rows = read_table(store.path(split, "eval.parquet"), SPLIT).to_pylist()
+    dialogs = {d["dialog_id"]: d for d in outputs.dialogs(store, synth)}
+    split_rows = outputs.split_rows(store, split, "eval")
     personas = read_table(cfg.hidden_persona_file).to_pylist() if cfg.hidden_persona_file else None
     stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant, personas)
     with net.disable_adapter():  # the target is the untrained model

@@ -27,7 +27,8 @@ from latentqa.extraction import encode_all, plan_parts, read_batches
 from latentqa.models import load_tokenizer, model_identity, pick_device, pick_dtype, shared_model
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
-from storage.parquet import DIALOGS, REJECTED, activation_rows, read_table, write_table
+from storage.parquet import REJECTED, activation_rows, write_table
+from storage import outputs
 from storage.store import StageDir, Store
 from tasks._stage import Made, drop_counts, stage_task
 from tasks._ui import Progress, in_run, logger
@@ -103,7 +104,7 @@ def _run_parts(cfg: ExtractConfig, model: ModelConfig, partial_dir: Path, todo: 
 @stage_task(STAGE, VERSION, fingerprint_of)
 def extract(out: StageDir, cfg: ExtractConfig, model: ModelConfig, dialogs: Manifest, store: Store) -> Made:
     """Read the blocks in `read_layers` for every kept token of every dialog, part by part."""
-    rows = read_table(store.path(dialogs, "dialogs.parquet"), DIALOGS).to_pylist()
+    rows = outputs.dialogs(store, dialogs)
     kept, rejected = encode_all(load_tokenizer(model.name, model.revision), rows, cfg.variant, cfg.max_tokens)
     parts = plan_parts(kept, cfg.part_tokens)
     _write_plan(out, parts)

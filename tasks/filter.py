@@ -17,6 +17,7 @@ from latentqa.splits import assign_splits
 from storage.duck import copy_to_parquet
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
+from storage import outputs
 from storage.store import StageDir, Store
 from tasks._stage import Made, stage_task
 from tasks._ui import logger
@@ -52,11 +53,11 @@ def _split_table(con: duckdb.DuckDBPyConnection, cfg: FilterConfig) -> dict[str,
 def filter_qa(out: StageDir, cfg: FilterConfig, qa: Manifest, acts: Manifest, store: Store) -> Made:
     """Drop invalid, duplicate, leaking and unextracted QA pairs (each counted), cap, and split by control."""
     parts = [str(store.path(acts, f.path)) for f in acts.files_matching("part-")]
-    dialogs = str(store.path(qa, "dialogs.parquet"))
+    dialogs = str(outputs.dialogs_path(store, qa))
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{out.dir / 'duckdb.tmp'}'")  # spills stay inside the stage directory
     con.execute("SET memory_limit = '1GB'")
-    _load(con, str(store.path(qa, "qa.parquet")), dialogs, parts)
+    _load(con, str(outputs.qa_path(store, qa)), dialogs, parts)
     rows = con.execute("SELECT * FROM base").to_arrow_table() if cfg.keep_where else None
     con.register("user_drops", user_rule_drops(rows, cfg.keep_where))  # evaluated in a sandbox
     signal_tables(con, cfg)

@@ -18,7 +18,8 @@ from latentqa.prompts import answers_messages, description_questions, dialog_mes
 from latentqa.schemas import answers_reply, dialog_reply, implications_reply
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
-from storage.parquet import CONTROLS, DIALOGS, QA, REJECTED, read_table, write_table
+from storage.parquet import DIALOGS, QA, REJECTED, write_table
+from storage import outputs
 from storage.store import StageDir, Store
 from tasks._llm import endpoint_client
 from tasks._stage import Made, drop_counts, stage_task
@@ -82,7 +83,7 @@ def _run_all(llm: LLM, controls: list[dict], cfg: SynthesizeConfig, progress: Pr
 @stage_task(STAGE, VERSION, fingerprint_of)
 def synthesize(out: StageDir, cfg: SynthesizeConfig, endpoint: EndpointConfig, controls: Manifest, store: Store) -> Made:
     """Expand every control into one dialog and its QA pairs; failures are kept with their reason."""
-    rows = read_table(store.path(controls, "controls.parquet"), CONTROLS).to_pylist()
+    rows = outputs.controls(store, controls)
     with endpoint_client(endpoint, store) as llm:
         results = _run_all(llm, rows, cfg, Progress(len(rows), "synthesize: controls expanded"))
         stop_if_over_budget([r for calls, _ in results for r in calls.values()], llm, STAGE)

@@ -27,6 +27,7 @@ from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import CURVES, write_table
 from storage.plots import plot_curves
+from storage import outputs
 from storage.store import StageDir, Store
 from tasks._stage import Made, stage_task
 from tasks._ui import Progress, logger
@@ -52,7 +53,7 @@ def train(out: StageDir, cfg: TrainConfig, model: ModelConfig, split: Manifest, 
     out.remove("checkpoints")  # resume state, not a result
     out.write_json("decoder.json", DecoderInfo(
         base_model=model.name, read_layer=result.layer, write_layer=cfg.write_layer, placeholder=cfg.placeholder,
-        placeholder_id=result.placeholder_id, variant=acts.summary["variant"], norm_match=cfg.norm_match).to_json())
+        placeholder_id=result.placeholder_id, variant=outputs.variant(acts), norm_match=cfg.norm_match).to_json())
     n_curves = write_table(out.file("curves.parquet"), result.curves, CURVES)
     plot_curves(result.curves, out.file("curves.png"))
     summary = _summary(result, cfg)

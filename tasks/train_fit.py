@@ -23,6 +23,7 @@ from latentqa.models import load_model
 from latentqa.training import Position, fit, total_steps
 from storage.checkpoints import latest_checkpoint, save_checkpoint
 from storage.manifest import Manifest
+from storage import outputs
 from storage.store import Store, save_pretrained_atomic
 from tasks._data import activation_reader, load_examples
 
@@ -53,14 +54,14 @@ def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Man
     imports no Prefect)."""
     rank, world = rank_and_world()
     loaded = load_model(model.name, model.revision, model.dtype, str(device) if device else model.device)
-    tok, layer = loaded.tokenizer, cfg.read_layer if cfg.read_layer is not None else acts.summary["layers"][0]
+    tok, layer = loaded.tokenizer, cfg.read_layer if cfg.read_layer is not None else outputs.read_layers(acts)[0]
     ph_id = placeholder_id(tok, cfg.placeholder)
     reader = activation_reader(store, acts)  # both splits read the same parts: map them once
-    _, *train_set = load_examples(store, split, reader, "train.parquet", tok, ph_id, layer, cfg.loss_on_ack)
-    _, *eval_set = load_examples(store, split, reader, "eval.parquet", tok, ph_id, layer, cfg.loss_on_ack,
+    _, *train_set = load_examples(store, split, reader, "train", tok, ph_id, layer, cfg.loss_on_ack)
+    _, *eval_set = load_examples(store, split, reader, "eval", tok, ph_id, layer, cfg.loss_on_ack,
                                  limit=cfg.eval_examples)
     if not train_set[0]:
-        raise RuntimeError(f"train: {store.path(split, 'train.parquet')} has no rows; nothing to train on")
+        raise RuntimeError(f"train: {outputs.split_path(store, split, 'train')} has no rows; nothing to train on")
     decoder = make_decoder(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.seed)
     if cfg.grad_checkpointing:
         decoder.gradient_checkpointing_enable()

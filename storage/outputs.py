@@ -1,0 +1,50 @@
+"""What a finished stage directory holds, read by name: the accessors downstream stages use instead of file
+names and manifest summary keys (PROTOCOL.md, "Stages"). One place knows that dialogs live in
+`dialogs.parquet` with the DIALOGS schema, or that extract records its layers in its summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.manifest import Manifest
+from storage.parquet import CONTROLS, DIALOGS, SPLIT, read_table
+from storage.store import Store
+
+
+def controls(store: Store, catalog: Manifest) -> list[dict]:
+    """The control rows of a catalog (or import) directory."""
+    return read_table(store.path(catalog, "controls.parquet"), CONTROLS).to_pylist()
+
+
+def dialogs_path(store: Store, synth: Manifest) -> Path:
+    return store.path(synth, "dialogs.parquet")
+
+
+def dialogs(store: Store, synth: Manifest) -> list[dict]:
+    """The dialog rows of a synthesize (or import) directory."""
+    return read_table(dialogs_path(store, synth), DIALOGS).to_pylist()
+
+
+def qa_path(store: Store, synth: Manifest) -> Path:
+    return store.path(synth, "qa.parquet")
+
+
+def split_path(store: Store, split: Manifest, name: str) -> Path:
+    """`train` or `eval` of a filter directory."""
+    if name not in ("train", "eval"):
+        raise ValueError(f"a filter directory has the splits train and eval, not {name!r}")
+    return store.path(split, f"{name}.parquet")
+
+
+def split_rows(store: Store, split: Manifest, name: str) -> list[dict]:
+    return read_table(split_path(store, split, name), SPLIT).to_pylist()
+
+
+def read_layers(acts: Manifest) -> list[int]:
+    """The blocks an extract directory read, in its config's order."""
+    return list(acts.summary["layers"])
+
+
+def variant(acts: Manifest) -> str:
+    """How the extract stage rendered dialogs without a variant of their own (`extract.variant`)."""
+    return acts.summary["variant"]
