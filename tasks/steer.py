@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 
-from latentqa.catalog import builtin_paths, load_controls
 from latentqa.config import ModelConfig, SteerConfig
 from latentqa.decoder import load_decoder
 from latentqa.evals import steering_evals as ev
@@ -42,24 +41,6 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], weights, *control], inputs=[p["decoder"].fingerprint])
 
 
-def _measure(cfg: SteerConfig, target, decoder, tok, info, persona, distractors, condition: str) -> tuple[list, list]:
-    data, results, samples = ev.steering_data(), [], []
-    if "sentiment" in cfg.evals:
-        texts = ev.replies(target, tok, data["sentiment_prompts"], cfg.max_new_tokens)
-        results += [{"eval": "sentiment", "condition": condition, "metric": m, "value": v}
-                    for m, v in ev.sentiment(texts).items()]
-        samples += [{"condition": condition, "prompt": p, "reply": t} for p, t in zip(data["sentiment_prompts"], texts)]
-    if "debias" in cfg.evals:
-        margin = ev.bias_margin(target, tok, data["bias_pairs"])
-        results += [{"eval": "debias", "condition": condition, "metric": "stereotype_abs_margin", "value": abs(margin)},
-                    {"eval": "debias", "condition": condition, "metric": "stereotype_margin", "value": margin}]
-    if "persona" in cfg.evals and persona:
-        results.append({"eval": "persona", "condition": condition, "metric": "identification",
-                        "value": ev.persona_identification(decoder, target, tok, info, persona, distractors,
-                                                           data["heldout_prompts"])})
-    return results, samples
-
-
 @stage_task(STAGE, VERSION, fingerprint_of)
 def steer(out: StageDir, cfg: SteerConfig, model: ModelConfig, decoder: Manifest, store: Store) -> Made:
     """Train the steering LoRA through the frozen decoder; compare the target before, after and randomised."""
@@ -75,45 +56,27 @@ def steer(out: StageDir, cfg: SteerConfig, model: ModelConfig, decoder: Manifest
     if persona:  # pairs by reading: the decoder's answers about the target with the persona as system prompt
         pairs = ev.pairs_by_reading(dec, target, tok, info, persona, prompts[:4],  # its LoRA starts at zero
                                     description_questions("persona", 3))
-        others = sorted(c.text for c in load_controls(builtin_paths(), ["persona"]) if c.text != persona)
-        distractors = others[:: max(1, len(others) // (cfg.identification_k - 1))][: cfg.identification_k - 1]
+        distractors = ev.distractor_personas(persona, cfg.identification_k)
     measured = Progress(3, "steer: conditions evaluated (before, steered, random LoRA)")
     with target.disable_adapter():
-        results, samples = _measure(cfg, target, dec, tok, info, persona, distractors, "before")
+        results, samples = ev.measure(cfg, target, dec, tok, info, persona, distractors, "before")
     measured.advance()
     progress = Progress(cfg.steps, "steer: optimizer steps")
     curve = train_steering(target, dec, tok, info, pairs, prompts, settings, on_step=lambda *_: progress.advance())
     out.save_model("adapter", target)
-    r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "steered")
+    r, s = ev.measure(cfg, target, dec, tok, info, persona, distractors, "steered")
     results, samples = results + r, samples + s
     measured.advance()
     randomize_like(target, cfg.seed + 1)  # the trained adapter is saved above
-    r, s = _measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
+    r, s = ev.measure(cfg, target, dec, tok, info, persona, distractors, "random_lora")
     results, samples = results + r, samples + s
     measured.advance()
     out.write_json("steer.json", {
         "control": cfg.control, "persona": persona, "pairs": pairs, "curve": curve, "trained_on": prompts,
         "persona_measured_on": ev.steering_data()["heldout_prompts"] if persona else []})
     n = write_table(out.file("results.parquet"), results, STEER_RESULTS)
-    out.write_text("report.md", report(cfg, results, samples, curve))
+    out.write_text("report.md", ev.report(cfg, results, samples, curve))
     logger().info("steer: loss %.3f -> %.3f; %s", curve[0]["loss"], curve[-1]["loss"], results)
     return Made(rows={"results.parquet": n}, counts={"n_pairs": len(pairs), "steps": cfg.steps},
                 summary={"results": results, "first_loss": curve[0]["loss"], "last_loss": curve[-1]["loss"]},
                 figures={f"{r['eval']}/{r['metric']}/{r['condition']}": round(r["value"], 4) for r in results})
-
-
-def report(cfg: SteerConfig, results: list[dict], samples: list[dict], curve: list[dict]) -> str:
-    lines = [f"# Steering: `{cfg.control}`", "",
-             f"{cfg.steps} steps, decoder loss on the desired answers {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}",
-             "", "| eval | metric | before | steered | random LoRA |", "|---|---|---|---|---|"]
-    table: dict[tuple[str, str], dict[str, float]] = {}
-    for r in results:
-        table.setdefault((r["eval"], r["metric"]), {})[r["condition"]] = r["value"]
-    for (e, m), v in table.items():
-        lines.append(f"| {e} | {m} | " + " | ".join(f"{v.get(c, float('nan')):.3f}"
-                                                    for c in ("before", "steered", "random_lora")) + " |")
-    if samples:
-        lines += ["", "## Replies to the sentiment prompts", ""]
-    for condition in ("before", "steered", "random_lora"):
-        lines += [f"- ({condition}) {s['prompt']} -> {s['reply']}" for s in samples if s["condition"] == condition][:3]
-    return "\n".join(lines) + "\n"

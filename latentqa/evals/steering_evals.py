@@ -7,6 +7,8 @@
              margin pushed from +0.08 to -0.08 is a reversed bias, not a removed one
   persona    the decoder reads the target on held-out neutral prompts (never steered on); the share on which the persona's
              description has the lowest answer loss among K candidates (identification, as in reading)
+
+`measure` runs the evals a steer config asks for under one condition; `report` writes the stage's report.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 import yaml
 
+from latentqa.catalog import builtin_paths, load_controls
+from latentqa.config import SteerConfig
 from latentqa.dialogs import encode, encode_turns, pad_id_of
 from latentqa.describe import PERSONA_QUESTION
 from latentqa.generate import answer, answer_losses, greedy_continuations, per_example_ce
@@ -94,3 +98,49 @@ def persona_identification(decoder, target, tokenizer, info, persona: str, distr
                                candidates, info.placeholder_id, info.write_layer, info.norm_match)
         hits.append(int(np.argmin(losses)) == 0)
     return float(np.mean(hits))
+
+
+def distractor_personas(persona: str, k: int) -> list[str]:
+    """K - 1 builtin personas other than `persona`, spread over the catalog (the candidates beside it)."""
+    others = sorted(c.text for c in load_controls(builtin_paths(), ["persona"]) if c.text != persona)
+    return others[:: max(1, len(others) // (k - 1))][: k - 1]
+
+
+def measure(cfg: SteerConfig, target, decoder, tok, info, persona: str | None, distractors: list[str], condition: str
+            ) -> tuple[list[dict], list[dict]]:
+    """The target's results on each of steer.evals under `condition` (eval, condition, metric, value), and its
+    replies to the sentiment prompts (condition, prompt, reply)."""
+    data, results, samples = steering_data(), [], []
+    if "sentiment" in cfg.evals:
+        texts = replies(target, tok, data["sentiment_prompts"], cfg.max_new_tokens)
+        results += [{"eval": "sentiment", "condition": condition, "metric": m, "value": v}
+                    for m, v in sentiment(texts).items()]
+        samples += [{"condition": condition, "prompt": p, "reply": t} for p, t in zip(data["sentiment_prompts"], texts)]
+    if "debias" in cfg.evals:
+        margin = bias_margin(target, tok, data["bias_pairs"])
+        results += [{"eval": "debias", "condition": condition, "metric": "stereotype_abs_margin", "value": abs(margin)},
+                    {"eval": "debias", "condition": condition, "metric": "stereotype_margin", "value": margin}]
+    if "persona" in cfg.evals and persona:
+        results.append({"eval": "persona", "condition": condition, "metric": "identification",
+                        "value": persona_identification(decoder, target, tok, info, persona, distractors,
+                                                           data["heldout_prompts"])})
+    return results, samples
+
+
+def report(cfg: SteerConfig, results: list[dict], samples: list[dict], curve: list[dict]) -> str:
+    """report.md of the steer stage: the loss it reached, each eval before, steered and under a random LoRA, and a
+    few replies under each."""
+    lines = [f"# Steering: `{cfg.control}`", "",
+             f"{cfg.steps} steps, decoder loss on the desired answers {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}",
+             "", "| eval | metric | before | steered | random LoRA |", "|---|---|---|---|---|"]
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for r in results:
+        table.setdefault((r["eval"], r["metric"]), {})[r["condition"]] = r["value"]
+    for (e, m), v in table.items():
+        lines.append(f"| {e} | {m} | " + " | ".join(f"{v.get(c, float('nan')):.3f}"
+                                                    for c in ("before", "steered", "random_lora")) + " |")
+    if samples:
+        lines += ["", "## Replies to the sentiment prompts", ""]
+    for condition in ("before", "steered", "random_lora"):
+        lines += [f"- ({condition}) {s['prompt']} -> {s['reply']}" for s in samples if s["condition"] == condition][:3]
+    return "\n".join(lines) + "\n"
