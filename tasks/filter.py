@@ -58,7 +58,7 @@ def filter_qa(out: StageDir, cfg: FilterConfig, qa: Manifest, acts: Manifest, st
     con.execute(f"SET temp_directory = '{out.dir / 'duckdb.tmp'}'")  # spills stay inside the stage directory
     con.execute("SET memory_limit = '1GB'")
     _load(con, str(outputs.qa_path(store, qa)), dialogs, parts)
-    rows = con.execute("SELECT * FROM base").to_arrow_table() if cfg.keep_where else None
+    rows = con.sql("SELECT * FROM base").to_arrow_table() if cfg.keep_where else None
     con.register("user_drops", user_rule_drops(rows, cfg.keep_where))  # evaluated in a sandbox
     signal_tables(con, cfg)
     score_rows(con, cfg)
