@@ -55,13 +55,39 @@ def validation_labels(source: Path, imported: set[str], n: int, seed: int) -> li
     return picked
 
 
+def pairs_of(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(questions, references): each prompt's derived description pair, as the import derives it."""
+    qa = [describe(split_label(r["label"])[0], r["control_user"]) for r in rows]
+    return [q for q, _ in qa], [a for _, a in qa]
+
+
+def read_prompts(net, tok, info, rows: list[dict], batch_size: int = 8) -> list[np.ndarray]:
+    """The target's (adapter off) activations of each system prompt's read span."""
+    with torch.no_grad(), net.disable_adapter():
+        return read_spans(net, [encode_dialog(tok, r, "system") for r in rows], info.read_layer, pad_id_of(tok),
+                          batch_size)
+
+
+def gist_f1(scorer: Scorer, acts, questions, references, labels, seed: int, untrained: bool = False
+            ) -> tuple[dict[str, list[float]], list[str]]:
+    """({condition: token F1 per item}, the decoder's replies) under the decoder, shuffled and zero activations
+    (and the untrained model with the item's own, if asked)."""
+    conditions = [("decoder", acts, True), ("shuffled", [acts[j] for j in shuffled_sources(labels, seed)], True),
+                  ("zero", [np.zeros_like(x) for x in acts], True)] + ([("untrained_patch", acts, False)] if untrained else [])
+    f1, replies = {}, []
+    for condition, shown, on in conditions:
+        read = scorer.read(shown, questions, [[ref] for ref in references], trained=on)
+        f1[condition] = [token_f1(reply, ref) for (reply, _), ref in zip(read, references)]
+        replies = replies or [reply for reply, _ in read]
+    return f1, replies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="runs/release")
     parser.add_argument("--source", default="../shared/latentqa_data")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--contrast", default="0,0.5,1,2", help="values of a, comma separated")
-    parser.add_argument("--plausible", type=float, default=0.1)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -69,32 +95,18 @@ def main() -> None:
     train, trained, labels = release_decoder(Store(args.store))
     net, tok, info = trained.net, trained.tokenizer, trained.info
     rows = validation_labels(Path(args.source), labels, args.n, args.seed)
-    questions, references = [], []
-    for r in rows:
-        q, a = describe(split_label(r["label"])[0], r["control_user"])
-        questions.append(q)
-        references.append(a)
-    encoded = [encode_dialog(tok, r, "system") for r in rows]
-    with torch.no_grad(), net.disable_adapter():
-        acts = read_spans(net, encoded, info.read_layer, pad_id_of(tok))
-    perm = shuffled_sources([r["label"] for r in rows], args.seed)
+    questions, references = pairs_of(rows)
+    acts = read_prompts(net, tok, info, rows)
     print(f"decoder train/{train.fingerprint[:12]} (write {info.write_layer}, read {info.read_layer}); n = {len(rows)} "
           f"unseen training-file labels; token F1 against the derived description", flush=True)
     for a in [float(x) for x in args.contrast.split(",")]:
-        scorer = Scorer(net, tok, info, 64, args.max_new_tokens, contrast=a)
         start = time.perf_counter()
-        f1 = {}
-        for condition, shown, on in (("decoder", acts, True), ("shuffled", [acts[j] for j in perm], True),
-                                     ("zero", [np.zeros_like(x) for x in acts], True),
-                                     ("untrained_patch", acts, False)):
-            read = scorer.read(shown, questions, [[ref] for ref in references], trained=on)
-            f1[condition] = [token_f1(reply, ref) for (reply, _), ref in zip(read, references)]
-            if condition == "decoder":
-                examples = [reply for reply, _ in read[:3]]
+        f1, replies = gist_f1(Scorer(net, tok, info, 64, args.max_new_tokens, contrast=a), acts, questions,
+                              references, [r["label"] for r in rows], args.seed, untrained=True)
         line = "  ".join(f"{c} {bootstrap(v, 0)}" for c, v in f1.items())
         margin = paired(f1["decoder"], f1["shuffled"], 0)
         print(f"a = {a:<4} {line}  margin over shuffled {margin}  ({time.perf_counter() - start:.0f} s)", flush=True)
-        for e, ref in zip(examples, references):
+        for e, ref in zip(replies[:3], references):
             print(f"    {e!r}\n      ref {ref!r}", flush=True)
 
 

@@ -19,35 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.gist_decoding import release_decoder, validation_labels
+from bench.gist_decoding import gist_f1, pairs_of, read_prompts, release_decoder, validation_labels
 from latentqa.config import TrainConfig
 from latentqa.decoder import encode_example
-from latentqa.describe import describe
-from latentqa.dialogs import encode_dialog, pad_id_of
-from latentqa.evals.harness import Scorer, shuffled_sources
+from latentqa.dialogs import pad_id_of
+from latentqa.evals.harness import Scorer
 from latentqa.evals.stats import bootstrap, paired
-from latentqa.metrics import token_f1
-from latentqa.release import NEUTRAL_STIMULI, read_behaviours, split_label
-from latentqa.residual import read_spans
+from latentqa.release import NEUTRAL_STIMULI, read_behaviours
 from latentqa.training import fit
 from storage.store import Store
-
-
-def pairs_of(rows: list[dict]) -> tuple[list[str], list[str]]:
-    qa = [describe(split_label(r["label"])[0], r["control_user"]) for r in rows]
-    return [q for q, _ in qa], [a for _, a in qa]
-
-
-def gist(net, tok, info, acts, questions, references, labels, seed: int) -> dict:
-    """Token F1 per condition (decoder, shuffled, zero) against the derived descriptions."""
-    scorer = Scorer(net, tok, info, 64, 24)
-    perm = shuffled_sources(labels, seed)
-    f1 = {}
-    for condition, shown in (("decoder", acts), ("shuffled", [acts[j] for j in perm]),
-                             ("zero", [np.zeros_like(x) for x in acts])):
-        read = scorer.read(shown, questions, [[r] for r in references])
-        f1[condition] = [token_f1(reply, ref) for (reply, _), ref in zip(read, references)]
-    return f1
 
 
 def report(when: str, f1: dict) -> None:
@@ -77,15 +57,12 @@ def main() -> None:
     for r in extra:  # a neutral user turn, as the import gives each training label
         r["stimulus_user"] = NEUTRAL_STIMULI[int(rng.integers(len(NEUTRAL_STIMULI)))]
     start = time.perf_counter()
-    with torch.no_grad(), net.disable_adapter():
-        val_acts = read_spans(net, [encode_dialog(tok, r, "system") for r in val], info.read_layer, pad_id_of(tok))
-        extra_acts = read_spans(net, [encode_dialog(tok, r, "system") for r in extra], info.read_layer,
-                                pad_id_of(tok), batch_size=32)
+    val_acts, extra_acts = read_prompts(net, tok, info, val), read_prompts(net, tok, info, extra, batch_size=32)
     print(f"decoder train/{train.fingerprint[:12]}: {len(val)} validation labels, {len(extra)} further training "
           f"labels read in {time.perf_counter() - start:.0f} s", flush=True)
     vq, vref = pairs_of(val)
     labels = [r["label"] for r in val]
-    report("before", gist(net, tok, info, val_acts, vq, vref, labels, args.seed))
+    report("before", gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed)[0])
     questions, answers = pairs_of(extra)
     examples = [encode_example(tok, len(a), q, ans, info.placeholder_id)
                 for a, q, ans in zip(extra_acts, questions, answers)]
@@ -99,7 +76,7 @@ def main() -> None:
     tail = np.mean([c["loss"] for c in pos.curves[-10:]])
     print(f"{pos.step} further steps at batch 8 ({time.perf_counter() - start:.0f} s), final train loss {tail:.3f}",
           flush=True)
-    report("after", gist(net, tok, info, val_acts, vq, vref, labels, args.seed))
+    report("after", gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed)[0])
 
 
 if __name__ == "__main__":

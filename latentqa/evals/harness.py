@@ -103,7 +103,7 @@ class Scorer:
                                                     self.info.write_layer, self.info.norm_match)
             null = None
             if self.contrast > 0:  # the same prompts with zero vectors: what the model says whatever it reads
-                null = decoder_prompts(self.net, self.tok, [np.zeros_like(x) for x in a], q, c,
+                null = decoder_prompts(self.net, self.tok, [np.zeros_like(x) for x in a], q, [[] for _ in q],
                                        self.info.placeholder_id, self.info.write_layer, self.info.norm_match)[2]
             return self._answer(prompts, conts, patch, null)
         with self._weights(trained):
