@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from storage.store import write_json_atomic, write_text_atomic
+from storage.store import append_log, remove_file, write_json_atomic, write_text_atomic
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = CHECKOUT / ".prefect-local"
@@ -53,7 +53,7 @@ def _prefect(*args: str) -> list[str]:
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as fh:  # the child keeps its own descriptor
+    with append_log(log) as fh:  # the child keeps its own descriptor
         return subprocess.Popen(cmd, env=env, cwd=CHECKOUT, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -138,7 +138,7 @@ def down(home: Path = DEFAULT_HOME, say=print) -> bool:
         if _alive(pid):
             _stop_group(pid)
             say(f"stopped {name} (pid {pid})")
-    path.unlink()
+    remove_file(path)
     return True
 
 

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from storage import PROTOCOL_VERSION
 from storage.fingerprint import FP_CHARS, file_sha256
@@ -98,6 +98,17 @@ def atomic_dir(path: Path) -> Iterator[Path]:
                 os.fsync(fh.fileno())
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def remove_file(path: Path) -> None:
+    """Delete one file outside a store (the deployment's state file); inside a stage, StageDir.remove."""
+    path.unlink(missing_ok=True)
+
+
+def append_log(path: Path) -> BinaryIO:
+    """A log opened for appending: the one kind of file that is never renamed into place, because a child
+    process writes it as it runs."""
+    return open(path, "ab")
 
 
 def save_pretrained_atomic(model, path: Path) -> None:
