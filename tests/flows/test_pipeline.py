@@ -11,6 +11,7 @@ from flows.pipeline import pipeline
 from storage.catalog import lineage
 from storage.store import Store
 from tests.flows.helpers import tiny_config
+from tests.protocol_files import assert_files_match_protocol, listed_files
 
 pytestmark = pytest.mark.slow
 STAGES = {"catalog", "synthesize", "extract", "filter", "train", "evaluate"}
@@ -144,3 +145,22 @@ def test_read_answers_about_a_dialog_from_the_targets_own_activations(first_run,
                  "--max-new-tokens", "3"]) == 0
     assert "A: " in capsys.readouterr().out
     assert main(["read", "--decoder", str(store.root), "--prompt", "x", "--question", "y"]) == 2  # not a decoder
+
+
+def test_every_stage_writes_the_files_protocol_names(first_run):
+    cfg = first_run[0]
+    manifests = Store(cfg.storage.root).manifests()
+    assert {m.stage for m in manifests} == STAGES
+    for manifest in manifests:
+        assert_files_match_protocol(manifest)
+
+
+def test_the_protocol_file_check_catches_an_unlisted_and_a_missing_file(first_run):
+    manifest = next(m for m in Store(first_run[0].storage.root).manifests() if m.stage == "evaluate")
+    assert "scores.png" in listed_files("evaluate")
+    with pytest.raises(AssertionError, match="named but not written \\['scores.png'\\]"):
+        assert_files_match_protocol(manifest.model_copy(update={"files": [f for f in manifest.files
+                                                                          if f.path != "scores.png"]}))
+    extra = manifest.files[0].model_copy(update={"path": "notes.txt"})
+    with pytest.raises(AssertionError, match="does not name \\['notes.txt'\\]"):
+        assert_files_match_protocol(manifest.model_copy(update={"files": [*manifest.files, extra]}))

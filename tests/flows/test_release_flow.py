@@ -12,6 +12,7 @@ from storage.store import Store
 from tests.flows.helpers import tiny_config
 from tests.flows.test_pipeline import task_states
 from tests.mini_release import make_release
+from tests.protocol_files import assert_files_match_protocol
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,7 @@ def test_the_release_trains_and_evaluates_on_labels_it_never_trained_on(prefect_
     chain = lineage(store, str(store.path(state.result(), "metrics.parquet")))
     assert {r["stage"] for r in chain} == {"import", "extract", "filter", "train", "evaluate"}
     assert manifests["import"].inputs == []  # the origin: its fingerprint is the files' content alone
+    assert_files_match_protocol(manifests["import"])
 
     with pytest.raises(ValueError, match="nothing to regenerate"):
         pipeline.fn(cfg, regenerate=True)

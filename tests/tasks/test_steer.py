@@ -21,6 +21,7 @@ from latentqa.residual import read_layers
 from latentqa.training import fit
 from storage.store import Store
 from tasks.steer import steer
+from tests.protocol_files import assert_files_match_protocol
 
 pytestmark = pytest.mark.slow
 LAYER = 15
@@ -70,6 +71,7 @@ def test_steering_moves_replies_towards_the_requested_sentiment_more_than_a_rand
     assert steered - before > 0 and steered - before > random_lora - before, (before, steered, random_lora)
     assert (store.path(manifest, "adapter") / "adapter_model.safetensors").is_file()
     assert "| sentiment | positive_share |" in store.path(manifest, "report.md").read_text()
+    assert_files_match_protocol(manifest)
 
 
 def test_persona_control_gets_its_pairs_by_reading_and_every_eval_runs(tmp_path, tiny_model_dir, tokenizer):
