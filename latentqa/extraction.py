@@ -18,6 +18,7 @@ from latentqa.cores import map_per_core
 from latentqa.dialogs import encode_dialog, pad_id_of
 from latentqa.residual import length_batches, read_layers
 from latentqa.padding import right_pad
+from latentqa.rejections import reject
 
 log = logging.getLogger("latentqa")
 
@@ -27,15 +28,14 @@ def encode_all(tokenizer, dialogs: list[dict], variant: str, max_tokens: int, st
     """Kept dialogs as {dialog_id, label, token_ids, n_prefix}; the others as rejected rows with a reason."""
     kept, rejected = [], []
     for d in dialogs:
-        reject = {"item_id": d["dialog_id"], "label": d["label"], "step": step}
         try:
             enc = encode_dialog(tokenizer, d, d.get("variant") or variant)
         except ValueError as err:
-            rejected.append({**reject, "reason": "empty_dialog", "detail": str(err)})
+            rejected.append(reject(d["dialog_id"], step, "empty_dialog", str(err), d["label"]))
             continue
         if len(enc.token_ids) > max_tokens:
-            rejected.append({**reject, "reason": "exceeds_context",
-                             "detail": f"{len(enc.token_ids)} > {max_tokens} tokens"})
+            rejected.append(reject(d["dialog_id"], step, "exceeds_context",
+                                   f"{len(enc.token_ids)} > {max_tokens} tokens", d["label"]))
             continue
         kept.append({"dialog_id": d["dialog_id"], "label": d["label"], "token_ids": enc.token_ids,
                      "n_prefix": enc.n_prefix})

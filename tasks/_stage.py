@@ -110,16 +110,6 @@ class Made:
     images: dict[str, str] = field(default_factory=dict)
 
 
-def drop_counts(rejected: list[dict], prefix: str = "dropped_") -> dict[str, int]:
-    """`<prefix><reason>` -> how many rejected rows (REJECTED schema) have that reason: the manifest's counts of
-    what a stage dropped and why (PROTOCOL.md, "Manifest"). A prefix can name the row's step: "failed_{step}_"."""
-    counts: dict[str, int] = {}
-    for r in rejected:
-        key = prefix.format(**r) + r["reason"]
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def stage_task(stage: str, version: int, fingerprint_of: Callable[[dict[str, Any]], str], section: str | None = None,
                **options):
     """Decorator: `body(out, **arguments) -> Made` becomes the cached, asset-materialising Prefect task of `stage`,

@@ -18,12 +18,13 @@ from latentqa.catalog import Control, accept_new, builtin_paths, load_controls, 
 from latentqa.config import CatalogConfig, EndpointConfig
 from latentqa.llm import run_all, stop_if_over_budget
 from latentqa.prompts import generate_controls_messages
+from latentqa.rejections import drop_counts, reject
 from latentqa.schemas import controls_reply
 from storage.fingerprint import file_sha256, fingerprint
 from storage.parquet import CONTROLS, REJECTED, write_table
 from storage.store import StageDir, Store
 from tasks._llm import endpoint_client
-from tasks._stage import Made, drop_counts, stage_task
+from tasks._stage import Made, stage_task
 
 STAGE, VERSION = "catalog", 2
 
@@ -55,14 +56,12 @@ def generate(cfg: CatalogConfig, endpoint: EndpointConfig, catalog: list[Control
     candidates, rejected = [], []
     for ((family, category), _), result in zip(groups.items(), results):
         if not result.ok:
-            rejected.append({"item_id": f"{family}-{category}", "label": f"{family}-{category}", "step": "generate",
-                             "reason": result.reason, "detail": result.detail})
+            rejected.append(reject(f"{family}-{category}", "generate", result.reason, result.detail))
             continue
         candidates += [Control(f"{family}-{category}-gen-{g.slug}", family, category, g.text.strip())
                        for g in result.reply.controls]
     accepted, dups = accept_new(catalog, candidates)
-    rejected += [{"item_id": c.label, "label": c.label, "step": "dedupe", "reason": reason, "detail": f"like {like}"}
-                 for c, reason, like in dups]
+    rejected += [reject(c.label, "dedupe", reason, f"like {like}") for c, reason, like in dups]
     return accepted, rejected
 
 

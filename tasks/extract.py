@@ -25,12 +25,13 @@ from prefect.cache_policies import NO_CACHE
 from latentqa.config import ExtractConfig, ModelConfig
 from latentqa.extraction import encode_all, plan_parts, read_batches
 from latentqa.models import load_tokenizer, model_identity, pick_device, pick_dtype, shared_model
+from latentqa.rejections import drop_counts
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
 from storage.parquet import REJECTED, activation_rows, write_table
 from storage import outputs
 from storage.store import StageDir, Store
-from tasks._stage import Made, drop_counts, stage_task
+from tasks._stage import Made, stage_task
 from tasks._ui import Progress, in_run, logger
 from tasks._dask import worker_device
 

@@ -15,6 +15,7 @@ from typing import Any
 from latentqa.config import EndpointConfig, SynthesizeConfig
 from latentqa.llm import LLM, Result, run_all, stop_if_over_budget
 from latentqa.prompts import answers_messages, description_questions, dialog_messages, implications_messages
+from latentqa.rejections import drop_counts, reject
 from latentqa.schemas import answers_reply, dialog_reply, implications_reply
 from storage.fingerprint import fingerprint
 from storage.manifest import Manifest
@@ -22,7 +23,7 @@ from storage.parquet import DIALOGS, QA, REJECTED, write_table
 from storage import outputs
 from storage.store import StageDir, Store
 from tasks._llm import endpoint_client
-from tasks._stage import Made, drop_counts, stage_task
+from tasks._stage import Made, stage_task
 from tasks._ui import Progress, logger
 
 FAILED = "failed_{step}_"  # a count per step that failed (generate, validate) and reason
@@ -52,8 +53,7 @@ async def _expand(llm: LLM, control: dict, cfg: SynthesizeConfig, params: dict) 
 def _rows(control: dict, results: dict[str, Result], questions: list[str]) -> tuple[list, list, list]:
     """A control is kept whole or rejected whole: a dialog without its QA pairs teaches nothing."""
     label = control["label"]
-    rejected = [{"item_id": label, "label": label, "step": step, "reason": r.reason, "detail": r.detail}
-                for step, r in results.items() if not r.ok]
+    rejected = [reject(label, step, r.reason, r.detail) for step, r in results.items() if not r.ok]
     if rejected:
         return [], [], rejected
     dialog_id = f"{label}:d0"
