@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser run test bench serve stop clean-runs
+.PHONY: setup browser run test bench serve stop ui clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ serve: setup
 
 stop:
 	$(BIN)/latentqa down
+
+# the reading playground on http://127.0.0.1:7860 over the demo store (README, "Look at a decoder")
+ui: setup
+	$(BIN)/latentqa ui
 
 # the benchmarks print ratios against a baseline measured in the same run (see each script's docstring)
 bench: setup

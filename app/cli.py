@@ -12,6 +12,7 @@
   latentqa prepare-model [--model NAME]
   latentqa export dataset [--root DIR] [--name NAME] [--version V] --out DIR [--push REPO_ID]
   latentqa export decoder DIR --out DIR [--push REPO_ID]
+  latentqa ui [--root DIR] [--port N]      (make ui)
 """
 
 from __future__ import annotations
@@ -288,6 +289,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from app.ui import launch
+
+    if not Path(args.root).is_dir():
+        print(f"ui: no store at {args.root} (run `make run` first, or pass --root)", file=sys.stderr)
+        return 2
+    launch(args.root, args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentqa", description="LatentQA as a cached, resumable Prefect pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -358,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="the card's licence field: a Hub licence id for what the data or base model allow")
         p.add_argument("--push", metavar="REPO_ID", help="upload to this Hub repo; needs HF_TOKEN in the environment")
         p.set_defaults(fn=cmd_export)
+    ui = sub.add_parser("ui", help="the reading playground on 127.0.0.1 (make ui)")
+    ui.add_argument("--root", type=Path, default=Path("runs/demo"), help="the store whose decoders it offers")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.set_defaults(fn=cmd_ui)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -145,7 +145,7 @@ def test_failed_run_retried_reruns_only_train_and_evaluate(served, first, tiny_m
     assert states["train"] == states["evaluate"] == "Completed"
 
 
-def _browser(profile):
+def _browser(profile, extra: list[str] = ()):
     """Headless Chromium from Debian's packages, or a skip that says why."""
     import shutil
 
@@ -158,7 +158,7 @@ def _browser(profile):
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                "--window-size=1600,1000", f"--user-data-dir={profile}"):
+                "--window-size=1600,1000", f"--user-data-dir={profile}", *extra):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(driver), options=options)
 

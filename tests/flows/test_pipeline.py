@@ -3,7 +3,6 @@
 import shutil
 import time
 
-import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -166,61 +165,3 @@ def test_the_protocol_file_check_catches_an_unlisted_and_a_missing_file(first_ru
     with pytest.raises(AssertionError, match="does not name \\['notes.txt'\\]"):
         assert_files_match_protocol(manifest.model_copy(update={"files": [*manifest.files, extra]}))
 
-
-def test_an_exported_dataset_loads_with_datasets_into_its_splits(first_run, tmp_path, monkeypatch, capsys):
-    """`latentqa export dataset`: the folder loads offline with `datasets` into train and eval, row for row the
-    filter stage's splits with their dialogs' turns, under a card that names the version and what was dropped."""
-    from datasets import load_dataset
-
-    from app.cli import main
-
-    cfg = first_run[0]
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-exported")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    out = tmp_path / "dataset"
-    assert main(["export", "dataset", "--root", str(cfg.storage.root), "--name", cfg.name, "--out", str(out)]) == 0
-    store = Store(cfg.storage.root)
-    split = next(m for m in store.manifests() if m.stage == "filter")
-    ds = load_dataset("parquet", data_dir=str(out), cache_dir=str(tmp_path / "hf-cache"))
-    assert set(ds) == {"train", "eval"}
-    for name in ("train", "eval"):
-        expected = pq.read_table(store.path(split, f"{name}.parquet")).sort_by("qa_id").to_pylist()
-        rows = ds[name].to_list()
-        assert [r["qa_id"] for r in rows] == [r["qa_id"] for r in expected]
-        assert all(r["answer"] == e["answer"] and r["control_user"] for r, e in zip(rows, expected))
-    card = (out / "README.md").read_text()
-    assert split.fingerprint[:12] in card and "| train |" in card and "sk-test" not in card
-    assert "split: eval" in card  # the Hub reads the splits from the card's header too
-    # a second export of another name fails cleanly and leaves the first folder as it was
-    assert main(["export", "dataset", "--root", str(cfg.storage.root), "--name", "nope", "--out", str(out)]) == 2
-    assert "nope" in capsys.readouterr().err and (out / "data" / "train-00000-of-00001.parquet").is_file()
-
-
-def test_an_exported_decoder_loads_with_peft_and_reads_as_the_stored_one(first_run, tmp_path, monkeypatch, capsys):
-    """`latentqa export decoder`: PeftModel.from_pretrained loads the folder onto the base model and gives the
-    stored adapter's logits; the card carries the layers, the training data version and the scores with n."""
-    import torch
-    from peft import PeftModel
-
-    from app.cli import main
-    from latentqa.decoder import load_decoder
-    from latentqa.models import load_model
-
-    cfg = first_run[0]
-    store = Store(cfg.storage.root)
-    train = next(m for m in store.manifests() if m.stage == "train")
-    out = tmp_path / "decoder"
-    assert main(["export", "decoder", str(store.root / train.dir), "--out", str(out)]) == 0
-    ids = torch.tensor([[1, 2, 3, 4, 5]])
-    stored = load_decoder(store.root / train.dir).net
-    exported = PeftModel.from_pretrained(load_model(cfg.model.name).model, out).eval()
-    with torch.no_grad():
-        assert torch.equal(stored(input_ids=ids).logits, exported(input_ids=ids).logits)
-        assert load_decoder(out).info == load_decoder(store.root / train.dir).info  # the latentqa reader loads it too
-    card = (out / "README.md").read_text()
-    assert "library_name: peft" in card and f"`{train.fingerprint[:12]}`" in card
-    assert "| relational | decoder |" in card and "| text_only |" in card  # the scores, with their n
-    # --push without a token: a clear error naming the variable, and the exported folder stays
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    assert main(["export", "decoder", str(store.root / train.dir), "--out", str(out), "--push", "me/x"]) == 2
-    assert "HF_TOKEN" in capsys.readouterr().err and (out / "adapter_model.safetensors").is_file()

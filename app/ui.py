@@ -1,0 +1,171 @@
+"""`latentqa ui` (make ui): a reading playground on 127.0.0.1, built with Gradio.
+
+Pick a trained decoder of a store, type a dialog and questions, and see the decoder's answers beside the
+controls' (latentqa/playground.py), with the masked and read tokens shown; browse evaluation and steering
+reports. Gradio serves its own bundled front end (no CDN), runs each request on a worker thread of its queue
+and shows its progress; the theme uses system fonts, so the page needs no network at all.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+from latentqa.playground import CONDITIONS, Playground, PlaygroundError
+from storage import export, outputs
+from storage.store import Store, StoreError
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "monospace"]
+
+
+class Decoders:
+    """The store's trained decoders, each loaded once (loading takes seconds; a question, a fraction of that)."""
+
+    def __init__(self, root: Path):
+        self.store = Store(root)
+        self._loaded: dict[str, Playground] = {}
+        self._lock = threading.Lock()
+
+    def choices(self) -> list[tuple[str, str]]:
+        trained = sorted((m for m in self.store.manifests() if m.stage == "train"), key=lambda m: m.created_at,
+                         reverse=True)
+        return [(f"{m.dir}  ({m.created_at[:16]})", m.dir) for m in trained]
+
+    def get(self, rel: str) -> Playground:
+        path = self._dir(rel)
+        with self._lock:
+            if rel not in self._loaded:
+                self._loaded[rel] = Playground(path)
+            return self._loaded[rel]
+
+    def _dir(self, rel: str) -> Path:
+        if not rel or rel not in {d for _, d in self.choices()}:
+            raise PlaygroundError(f"no trained decoder {rel!r} in {self.store.root}: pick one from the list")
+        return self.store.root / rel
+
+    def about(self, rel: str) -> str:
+        facts = export.decoder_facts(self._dir(rel))
+        info, data = facts["info"], facts["dataset"]
+        lines = [f"**{rel}**: base `{info['base_model']}`, reads block {info['read_layer']}, writes block "
+                 f"{info['write_layer']}, variant `{info['variant']}`",
+                 f"training data: dataset `{data['name']}` version `{data['version'][:12]}`" if data else
+                 "training data: no recorded dataset version",
+                 "lineage: " + " <- ".join(f"{c['stage']} `{c['fingerprint'][:12]}`" for c in facts["chain"])]
+        if facts["scores"]:
+            lines.append("\n| task | condition | metric | value | 95% interval | n |\n|---|---|---|---|---|---|")
+            lines += [f"| {s['task']} | {s['condition']} | {s['metric']} | {s['value']:.3f} | "
+                      f"[{s['lo']:.3f}, {s['hi']:.3f}] | {s['n']} |" for s in facts["scores"]]
+        return "\n\n".join(lines[:3]) + "\n" + "\n".join(lines[3:])
+
+    def other_dialog(self, rel: str, seed: int = 0) -> dict | None:
+        """A stored dialog of the decoder's own data, the shuffled control's source (None if none is left)."""
+        train = self.store.finished("train", self._fingerprint(rel))
+        split = next((self.store.finished(i.stage, i.fingerprint) for i in train.inputs if i.stage == "filter"), None)
+        synth = next((self.store.finished(i.stage, i.fingerprint) for i in (split.inputs if split else [])
+                      if i.stage in ("synthesize", "import")), None)
+        rows = outputs.dialogs(self.store, synth) if synth else []
+        return random.Random(seed).choice(rows) if rows else None
+
+    def _fingerprint(self, rel: str) -> str:
+        return next(m.fingerprint for m in self.store.manifests() if m.dir == rel)
+
+    def reports(self) -> list[tuple[str, str]]:
+        made = sorted((m for m in self.store.manifests() if m.stage in ("evaluate", "steer")),
+                      key=lambda m: m.created_at, reverse=True)
+        return [(f"{m.dir}  ({m.created_at[:16]})", m.dir) for m in made]
+
+
+def build(root: Path):
+    import gradio as gr
+
+    decoders = Decoders(root)
+
+    def describe(rel):
+        try:
+            return decoders.about(rel), decoders.get(rel).info.read_layer
+        except (PlaygroundError, StoreError) as err:
+            return f"**Cannot use this decoder:** {err}", None
+
+    def ask(rel, system, prompt, reply, layer, questions, references, progress=gr.Progress()):
+        try:
+            progress(0.1, desc="loading the decoder")
+            pg = decoders.get(rel)
+            other = decoders.other_dialog(rel)
+            progress(0.3, desc="reading the dialog and answering")
+            readings = pg.ask_all(questions.splitlines(), prompt, system or "", reply or "",
+                                  references.splitlines() if references else None,
+                                  None if layer in (None, "") else int(layer), other)
+            given = pg.given(prompt, system or "", reply or "")
+        except PlaygroundError as err:
+            return f"**Cannot read this:** {err}", None, None
+        conditions = [c for c in CONDITIONS if c in readings[0].answers]
+        table = [[r.question, *(r.answers[c] for c in conditions)] for r in readings]
+        headers = ["question", *conditions]
+        if readings[0].losses:
+            table = [row + [f"{r.losses[c]:.3f}" for c in conditions] for row, r in zip(table, readings)]
+            headers += [f"loss ({c})" for c in conditions]
+        note = (f"Answered {len(readings)} question(s) reading layer {layer}. `shuffled` read the stored dialog "
+                f"`{other['dialog_id']}`." if other else "No stored dialog for the shuffled control.")
+        return note, given.spans(), gr.update(value=table, headers=headers)
+
+    def show_report(rel):
+        if not rel:
+            return "", None
+        manifest = next((m for m in decoders.store.manifests() if m.dir == rel), None)
+        if manifest is None:
+            return f"**No report {rel!r} in the store.**", None
+        report = decoders.store.path(manifest, "report.md").read_text()
+        scores = decoders.store.root / rel / "scores.png"
+        return report, str(scores) if scores.is_file() else None
+
+    with gr.Blocks(title="latentqa playground", analytics_enabled=False) as page:
+        gr.Markdown("# latentqa playground\nAsk a decoder about the target's activations on any dialog, and see "
+                    "what each control answers beside it.")
+        with gr.Tab("Read"):
+            choices = decoders.choices()
+            decoder = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, label="Decoder")
+            with gr.Accordion("This decoder: layers, training data, lineage, scores", open=False):
+                about = gr.Markdown()
+            with gr.Row():
+                system = gr.Textbox(label="System prompt (the control: masked, never shown to the decoder)",
+                                    value="Talk like a pirate.")
+                prompt = gr.Textbox(label="User message (read)", value="How was your weekend?")
+                reply = gr.Textbox(label="Assistant reply (optional, read)")
+            with gr.Row():
+                questions = gr.Textbox(label="Questions, one per line", lines=3,
+                                       value="What persona is the assistant adopting?")
+                references = gr.Textbox(label="Reference answers, one per line (optional: adds each "
+                                        "condition's loss)", lines=3)
+                layer = gr.Number(label="Read layer", precision=0)
+            go = gr.Button("Ask", variant="primary")
+            message = gr.Markdown(elem_id="message")
+            answers = gr.Dataframe(label="Answers: the decoder and its controls", wrap=True, elem_id="answers")
+            tokens = gr.HighlightedText(label="What the decoder was given: masked (the control) and read tokens",
+                                        color_map={"masked": "#bbbbbb", "read": "#4caf50"}, combine_adjacent=True)
+            decoder.change(describe, decoder, [about, layer])
+            page.load(describe, decoder, [about, layer])
+            go.click(ask, [decoder, system, prompt, reply, layer, questions, references], [message, tokens, answers])
+        with gr.Tab("Reports"):
+            reports = decoders.reports()
+            pick = gr.Dropdown(choices=reports, value=reports[0][1] if reports else None,
+                               label="Evaluation or steering report")
+            image = gr.Image(label="scores.png", type="filepath", interactive=False)
+            text = gr.Markdown()
+            pick.change(show_report, pick, [text, image])
+            page.load(show_report, pick, [text, image])
+    return page
+
+
+def launch(root: Path, port: int = 7860, block: bool = True):
+    import gradio as gr
+
+    page = build(root)
+    page.queue(default_concurrency_limit=1)  # one reading at a time: a CPU has no room for two
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=not block, show_error=False,
+                allowed_paths=[str(Path(root).resolve())], inbrowser=False,
+                theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS))
+    return page
