@@ -8,6 +8,7 @@ and shows its progress; the theme uses system fonts, so the page needs no networ
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -46,6 +47,10 @@ class Decoders:
         if not rel or rel not in {d for _, d in self.choices()}:
             raise PlaygroundError(f"no trained decoder {rel!r} in {self.store.root}: pick one from the list")
         return self.store.root / rel
+
+    def read_layer(self, rel: str) -> int:
+        """The layer the decoder was trained to read (decoder.json; no model is loaded)."""
+        return json.loads((self._dir(rel) / "decoder.json").read_text())["read_layer"]
 
     def about(self, rel: str) -> str:
         facts = export.decoder_facts(self._dir(rel))
@@ -86,7 +91,7 @@ def build(root: Path):
 
     def describe(rel):
         try:
-            return decoders.about(rel), decoders.get(rel).info.read_layer
+            return decoders.about(rel), decoders.read_layer(rel)
         except (PlaygroundError, StoreError) as err:
             return f"**Cannot use this decoder:** {err}", None
 
@@ -102,15 +107,12 @@ def build(root: Path):
             given = pg.given(prompt, system or "", reply or "")
         except PlaygroundError as err:
             return f"**Cannot read this:** {err}", None, None
-        conditions = [c for c in CONDITIONS if c in readings[0].answers]
-        table = [[r.question, *(r.answers[c] for c in conditions)] for r in readings]
-        headers = ["question", *conditions]
-        if readings[0].losses:
-            table = [row + [f"{r.losses[c]:.3f}" for c in conditions] for row, r in zip(table, readings)]
-            headers += [f"loss ({c})" for c in conditions]
-        note = (f"Answered {len(readings)} question(s) reading layer {layer}. `shuffled` read the stored dialog "
-                f"`{other['dialog_id']}`." if other else "No stored dialog for the shuffled control.")
-        return note, given.spans(), gr.update(value=table, headers=headers)
+        table = [[r.question if c == CONDITIONS[0] else "", c, r.answers[c],
+                  f"{r.losses[c]:.3f}" if r.losses else ""] for r in readings for c in CONDITIONS if c in r.answers]
+        note = (f"Answered {len(readings)} question(s) reading layer {readings[0].layer}. "
+                + (f"`shuffled` read the stored dialog `{other['dialog_id']}`." if other
+                   else "No stored dialog for the shuffled control."))
+        return note, given.spans(), table
 
     def show_report(rel):
         if not rel:
@@ -140,12 +142,16 @@ def build(root: Path):
                                        value="What persona is the assistant adopting?")
                 references = gr.Textbox(label="Reference answers, one per line (optional: adds each "
                                         "condition's loss)", lines=3)
-                layer = gr.Number(label="Read layer", precision=0)
+                first = choices[0][1] if choices else None
+                layer = gr.Number(label="Read layer", precision=0, value=decoders.read_layer(first) if first else None)
             go = gr.Button("Ask", variant="primary")
             message = gr.Markdown(elem_id="message")
-            answers = gr.Dataframe(label="Answers: the decoder and its controls", wrap=True, elem_id="answers")
-            tokens = gr.HighlightedText(label="What the decoder was given: masked (the control) and read tokens",
-                                        color_map={"masked": "#bbbbbb", "read": "#4caf50"}, combine_adjacent=True)
+            answers = gr.Dataframe(headers=["question", "condition", "answer", "loss of the reference"],
+                                   label="Answers: the decoder and its controls", wrap=True, elem_id="answers",
+                                   column_widths=["22%", "12%", "56%", "10%"], interactive=False)
+            tokens = gr.HighlightedText(label="What the decoder was given, token by token: masked (the control) "
+                                        "and read", color_map={"masked": "#bbbbbb", "read": "#4caf50"},
+                                        show_inline_category=False, show_legend=True)
             decoder.change(describe, decoder, [about, layer])
             page.load(describe, decoder, [about, layer])
             go.click(ask, [decoder, system, prompt, reply, layer, questions, references], [message, tokens, answers])

@@ -32,6 +32,7 @@ class PlaygroundError(ValueError):
 @dataclass
 class Reading:
     question: str
+    layer: int  # the block whose output was read
     answers: dict[str, str]  # condition -> greedy answer
     losses: dict[str, float] | None  # condition -> loss of the reference answer, when one was given
 
@@ -104,7 +105,7 @@ class Playground(Reader):
         answers = {c: self._under(c, acts, text, questions, max_new_tokens=max_new_tokens) for c in CONDITIONS
                    if c in acts or c in ("text_only", "untrained_patch")}
         losses = {c: self._under(c, acts, text, questions, references) for c in answers} if references else None
-        return [Reading(q, {c: a[i] for c, a in answers.items()}, {c: v[i] for c, v in losses.items()}
+        return [Reading(q, layer, {c: a[i] for c, a in answers.items()}, {c: v[i] for c, v in losses.items()}
                         if losses else None) for i, q in enumerate(questions)]
 
     def _weights(self, trained: bool):

@@ -186,7 +186,7 @@ def test_the_ui_answers_a_question_beside_the_controls_offline(first_run, tmp_pa
         _click_tab(browser, "This decoder: layers, training data, lineage, scores")  # opens the accordion
         _wait_for_text(browser, ["reads block", "training data: dataset", "relational"])
         browser.find_element("xpath", "//button[normalize-space(.)='Ask']").click()
-        body = _wait_for_text(browser, ["Answered 1 question", "untrained_patch", "text_only", "shuffled"],
+        body = _wait_for_text(browser, ["Answered 1 question(s) reading layer 2", "untrained_patch", "text_only", "shuffled"],
                               timeout_s=180)
         assert "What persona is the assistant adopting?" in body
         elsewhere = browser.execute_script(
