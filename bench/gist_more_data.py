@@ -27,7 +27,7 @@ from latentqa.evals.harness import Scorer
 from latentqa.evals.stats import bootstrap, paired
 from latentqa.release import NEUTRAL_STIMULI, read_behaviours
 from latentqa.training import fit
-from storage.store import Store
+from storage.store import Store, save_pretrained_atomic, write_json_atomic
 
 
 def report(when: str, f1: dict) -> None:
@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--save", type=Path, help="write the continued decoder here (adapter/ + decoder.json, the "
+                        "layout `latentqa read` and the playground load)")
     args = parser.parse_args()
     train, trained, seen = release_decoder(Store(args.store))
     net, tok, info = trained.net, trained.tokenizer, trained.info
@@ -77,6 +79,10 @@ def main() -> None:
     print(f"{pos.step} further steps at batch 8 ({time.perf_counter() - start:.0f} s), final train loss {tail:.3f}",
           flush=True)
     report("after", gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed)[0])
+    if args.save:
+        save_pretrained_atomic(net, args.save / "adapter")
+        write_json_atomic(args.save / "decoder.json", info.to_json())
+        print(f"continued decoder written to {args.save}", flush=True)
 
 
 if __name__ == "__main__":
