@@ -26,6 +26,32 @@ def pad_id_of(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+# For models without a chat template (base models such as Gemma 3 270M) or whose template cannot render a system
+# turn on its own (Gemma's folds it into the first user turn, so no token prefix holds the control and masking it
+# is impossible): a plain transcript whose system turn is its own leading span.
+PLAIN_TEMPLATE = (  # each turn ends in its text and the next opens with the newline: a token boundary in BPE and
+    # SentencePiece alike (a turn ending in "\n\n" tokenises differently once text follows it). Newlines are Jinja
+    # expressions: transformers renders with trim_blocks, which drops a newline written after a block tag.
+    "{{ bos_token }}{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}User: {{ m['content'] }}"
+    "{% else %}Assistant: {{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\nAssistant:' }}{% endif %}")
+
+
+def ensure_chat_template(tokenizer) -> str:
+    """Give the tokenizer a template that can mask a system turn; 'model' if its own can, else 'plain'."""
+    if tokenizer.chat_template:
+        try:
+            alone = _apply(tokenizer, [{"role": "system", "content": _PROBE_SYSTEM}])
+        except Exception:  # a template that refuses system turns (raise_exception in Jinja)
+            alone = ""
+        if _PROBE_SYSTEM in alone:
+            return "model"
+    tokenizer.chat_template = PLAIN_TEMPLATE
+    return "plain"
+
+
 def _apply(tokenizer, messages, add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from latentqa.dialogs import VARIANTS, encode_dialog, render
+from latentqa.dialogs import PLAIN_TEMPLATE, VARIANTS, encode_dialog, ensure_chat_template, render
 from tests.conftest import DIALOGS
 
 LLAMA3_TEMPLATE = (
@@ -64,3 +64,32 @@ def test_explicit_system_prompt_is_kept(tokenizer):
 def test_empty_dialog_is_rejected(tokenizer):
     with pytest.raises(ValueError, match="stimulus_user is empty"):
         encode_dialog(tokenizer, {**D, "stimulus_user": " "}, "stimulus")
+
+
+# Gemma's template (abridged): a system turn is folded into the first user turn, so alone it renders nothing
+FOLDING_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set first = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for m in loop_messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ first if loop.first else '' }}{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.mark.parametrize("template", [None, FOLDING_TEMPLATE], ids=["no template (a base model)", "folds system"])
+def test_a_template_that_cannot_mask_the_control_gets_the_plain_one(tokenizer, template):
+    """Without this, a base model fails to render and a folding template leaves the control in the read tokens."""
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    assert ensure_chat_template(tok) == "plain" and tok.chat_template == PLAIN_TEMPLATE
+    for variant in VARIANTS:
+        enc = encode_dialog(tok, DIALOGS[0], variant)
+        read = tok.decode(enc.token_ids[enc.n_prefix:])
+        if variant != "control":  # the control variant reads the control alone, by design
+            assert DIALOGS[0]["control_user"] not in read and DIALOGS[0]["stimulus_user"] in read
+            assert DIALOGS[0]["control_user"] in tok.decode(enc.token_ids[:enc.n_prefix])
+
+
+def test_a_template_that_masks_the_control_is_kept(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    before = tok.chat_template
+    assert ensure_chat_template(tok) == "model" and tok.chat_template == before
