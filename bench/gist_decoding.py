@@ -68,10 +68,16 @@ def read_prompts(net, tok, info, rows: list[dict], batch_size: int = 8) -> list[
                           batch_size)
 
 
-def gist_f1(scorer: Scorer, acts, questions, references, labels, seed: int, untrained: bool = False
-            ) -> tuple[dict[str, list[float]], list[str]]:
-    """({condition: token F1 per item}, the decoder's replies) under the decoder, shuffled and zero activations
-    (and the untrained model with the item's own, if asked)."""
+def read_texts(tok, rows: list[dict]) -> list[str]:
+    """What the text-only reader gets: each read span (after the masked system prompt) as text."""
+    encoded = [encode_dialog(tok, r, "system") for r in rows]
+    return [tok.decode(e.token_ids[e.n_prefix:], skip_special_tokens=True).strip() for e in encoded]
+
+
+def gist_f1(scorer: Scorer, acts, questions, references, labels, seed: int, untrained: bool = False,
+            texts: list[str] | None = None) -> tuple[dict[str, list[float]], list[str]]:
+    """({condition: token F1 per item}, the decoder's replies) under the decoder, shuffled and zero activations,
+    and if asked the untrained model with the item's own (untrained_patch) and reading `texts` (text_only)."""
     conditions = [("decoder", acts, True), ("shuffled", [acts[j] for j in shuffled_sources(labels, seed)], True),
                   ("zero", [np.zeros_like(x) for x in acts], True)] + ([("untrained_patch", acts, False)] if untrained else [])
     f1, replies = {}, []
@@ -79,6 +85,9 @@ def gist_f1(scorer: Scorer, acts, questions, references, labels, seed: int, untr
         read = scorer.read(shown, questions, [[ref] for ref in references], trained=on)
         f1[condition] = [token_f1(reply, ref) for (reply, _), ref in zip(read, references)]
         replies = replies or [reply for reply, _ in read]
+    if texts is not None:
+        read = scorer.read_text(texts, questions, [[ref] for ref in references])
+        f1["text_only"] = [token_f1(reply, ref) for (reply, _), ref in zip(read, references)]
     return f1, replies
 
 
@@ -90,6 +99,7 @@ def main() -> None:
     parser.add_argument("--contrast", default="0,0.5,1,2", help="values of a, comma separated")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--text-only", action="store_true", help="also score the text-only reader")
     args = parser.parse_args()
     torch.manual_seed(0)
     train, trained, labels = release_decoder(Store(args.store))
@@ -102,7 +112,8 @@ def main() -> None:
     for a in [float(x) for x in args.contrast.split(",")]:
         start = time.perf_counter()
         f1, replies = gist_f1(Scorer(net, tok, info, 64, args.max_new_tokens, contrast=a), acts, questions,
-                              references, [r["label"] for r in rows], args.seed, untrained=True)
+                              references, [r["label"] for r in rows], args.seed, untrained=True,
+                              texts=read_texts(tok, rows) if args.text_only else None)
         line = "  ".join(f"{c} {bootstrap(v, 0)}" for c, v in f1.items())
         margin = paired(f1["decoder"], f1["shuffled"], 0)
         print(f"a = {a:<4} {line}  margin over shuffled {margin}  ({time.perf_counter() - start:.0f} s)", flush=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.gist_decoding import gist_f1, pairs_of, read_prompts, release_decoder, validation_labels
+from bench.gist_decoding import gist_f1, pairs_of, read_prompts, read_texts, release_decoder, validation_labels
 from latentqa.config import TrainConfig
 from latentqa.decoder import encode_example
 from latentqa.dialogs import pad_id_of
@@ -32,8 +32,8 @@ from storage.store import Store, save_pretrained_atomic, write_json_atomic
 
 def report(when: str, f1: dict) -> None:
     line = "  ".join(f"{c} {bootstrap(v, 0)}" for c, v in f1.items())
-    print(f"{when}: {line}\n  margin over shuffled {paired(f1['decoder'], f1['shuffled'], 0)}, over zero "
-          f"{paired(f1['decoder'], f1['zero'], 0)}", flush=True)
+    margins = ", ".join(f"{c} {paired(f1['decoder'], v, 0)}" for c, v in f1.items() if c != "decoder")
+    print(f"{when}: {line}\n  margins over {margins}", flush=True)
 
 
 def main() -> None:
@@ -64,7 +64,10 @@ def main() -> None:
           f"labels read in {time.perf_counter() - start:.0f} s", flush=True)
     vq, vref = pairs_of(val)
     labels = [r["label"] for r in val]
-    report("before", gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed)[0])
+    before = gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed, untrained=True,
+                     texts=read_texts(tok, val))[0]
+    report("before", before)
+    fixed = {c: before[c] for c in ("untrained_patch", "text_only")}  # neither reads through the adapter
     questions, answers = pairs_of(extra)
     examples = [encode_example(tok, len(a), q, ans, info.placeholder_id)
                 for a, q, ans in zip(extra_acts, questions, answers)]
@@ -78,7 +81,7 @@ def main() -> None:
     tail = np.mean([c["loss"] for c in pos.curves[-10:]])
     print(f"{pos.step} further steps at batch 8 ({time.perf_counter() - start:.0f} s), final train loss {tail:.3f}",
           flush=True)
-    report("after", gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed)[0])
+    report("after", {**gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed)[0], **fixed})
     if args.save:
         save_pretrained_atomic(net, args.save / "adapter")
         write_json_atomic(args.save / "decoder.json", info.to_json())
