@@ -18,8 +18,10 @@ TOKEN_ENV = "HF_TOKEN"
 
 
 def export_dataset(root: Path, name: str, version: str | None, out: Path, licence: str) -> dict[str, int]:
-    facts = export.dataset_facts(Store(root), name, version)
-    return export.write_dataset(Store(root), name, facts["version"], out, dataset_card(**facts, licence=licence))
+    store = Store(root)
+    record, chain = export.version_chain(store, name, version)
+    facts = export.dataset_facts(store, name, record, chain)
+    return export.write_dataset(store, chain, out, dataset_card(**facts, licence=licence))
 
 
 def export_decoder(decoder_dir: Path, out: Path, licence: str) -> list[str]:

@@ -8,15 +8,17 @@ and shows its progress; the theme uses system fonts, so the page needs no networ
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
 from pathlib import Path
 
+from latentqa.cards import score_rows
+from latentqa.decoder import DecoderInfo
 from latentqa.playground import CONDITIONS, Playground, PlaygroundError
 from storage import export, outputs
-from storage.store import Store, StoreError
+from storage.manifest import Manifest
+from storage.store import Store, StoreError, read_manifest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
@@ -43,14 +45,23 @@ class Decoders:
                 self._loaded[rel] = Playground(path)
             return self._loaded[rel]
 
+    def _manifest(self, rel: str, stages: tuple[str, ...] = ("train",)) -> Manifest:
+        try:
+            manifest = read_manifest(self.store.root / rel) if rel else None
+        except StoreError:
+            manifest = None
+        if manifest is None or manifest.stage not in stages:
+            raise PlaygroundError(f"no {' or '.join(stages)} directory {rel!r} in {self.store.root}: pick one "
+                                  "from the list")
+        return manifest
+
     def _dir(self, rel: str) -> Path:
-        if not rel or rel not in {d for _, d in self.choices()}:
-            raise PlaygroundError(f"no trained decoder {rel!r} in {self.store.root}: pick one from the list")
+        self._manifest(rel)
         return self.store.root / rel
 
     def read_layer(self, rel: str) -> int:
         """The layer the decoder was trained to read (decoder.json; no model is loaded)."""
-        return json.loads((self._dir(rel) / "decoder.json").read_text())["read_layer"]
+        return DecoderInfo.load(self._dir(rel) / "decoder.json").read_layer
 
     def about(self, rel: str) -> str:
         facts = export.decoder_facts(self._dir(rel))
@@ -62,21 +73,17 @@ class Decoders:
                  "lineage: " + " <- ".join(f"{c['stage']} `{c['fingerprint'][:12]}`" for c in facts["chain"])]
         if facts["scores"]:
             lines.append("\n| task | condition | metric | value | 95% interval | n |\n|---|---|---|---|---|---|")
-            lines += [f"| {s['task']} | {s['condition']} | {s['metric']} | {s['value']:.3f} | "
-                      f"[{s['lo']:.3f}, {s['hi']:.3f}] | {s['n']} |" for s in facts["scores"]]
+            lines.append(score_rows(facts["scores"]))
         return "\n\n".join(lines[:3]) + "\n" + "\n".join(lines[3:])
 
     def other_dialog(self, rel: str, seed: int = 0) -> dict | None:
         """A stored dialog of the decoder's own data, the shuffled control's source (None if none is left)."""
-        train = self.store.finished("train", self._fingerprint(rel))
+        train = self._manifest(rel)
         split = next((self.store.finished(i.stage, i.fingerprint) for i in train.inputs if i.stage == "filter"), None)
         synth = next((self.store.finished(i.stage, i.fingerprint) for i in (split.inputs if split else [])
                       if i.stage in ("synthesize", "import")), None)
         rows = outputs.dialogs(self.store, synth) if synth else []
         return random.Random(seed).choice(rows) if rows else None
-
-    def _fingerprint(self, rel: str) -> str:
-        return next(m.fingerprint for m in self.store.manifests() if m.dir == rel)
 
     def reports(self) -> list[tuple[str, str]]:
         made = sorted((m for m in self.store.manifests() if m.stage in ("evaluate", "steer")),
@@ -117,9 +124,10 @@ def build(root: Path):
     def show_report(rel):
         if not rel:
             return "", None
-        manifest = next((m for m in decoders.store.manifests() if m.dir == rel), None)
-        if manifest is None:
-            return f"**No report {rel!r} in the store.**", None
+        try:
+            manifest = decoders._manifest(rel, ("evaluate", "steer"))
+        except PlaygroundError as err:
+            return f"**No report:** {err}", None
         report = decoders.store.path(manifest, "report.md").read_text()
         scores = decoders.store.root / rel / "scores.png"
         return report, str(scores) if scores.is_file() else None

@@ -76,7 +76,8 @@ release's.
 """
 
 
-def _score_rows(scores: list[dict]) -> str:
+def score_rows(scores: list[dict]) -> str:
+    """Markdown table rows: task, condition, metric, value, 95% interval, n."""
     return "\n".join(f"| {s['task']} | {s['condition']} | {s['metric']} | {s['value']:.3f} | "
                      f"[{s['lo']:.3f}, {s['hi']:.3f}] | {s['n']} |" for s in scores)
 
@@ -92,7 +93,7 @@ def decoder_card(info: dict, base_model: str, dataset: dict | None, chain: list[
     table = (f"From evaluate `{evaluate_fp[:12]}`: the mean over n items with its seeded 95% bootstrap interval. "
              "The decoder reads a task only where its interval lies above every control's.\n\n"
              "| task | condition | metric | value | 95% interval | n |\n|---|---|---|---|---|---|\n"
-             + _score_rows(scores)) if scores else "Not evaluated in this store."
+             + score_rows(scores)) if scores else "Not evaluated in this store."
     return _header(meta) + f"""
 # LatentQA decoder on `{base_model}`
 

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from latentqa.dialogs import encode_dialog, encode_turns, pad_id_of
+from latentqa.dialogs import encode_dialog
 from latentqa.generate import answer, answer_losses, text_answers, text_losses
 from latentqa.reader import Reader
-from latentqa.residual import read_spans
 
 CONDITIONS = ("decoder", "shuffled", "zero", "text_only", "untrained_patch")
 
@@ -61,11 +59,7 @@ class Playground(Reader):
     def _encode(self, prompt: str, system: str, reply: str):
         if not prompt.strip():
             raise PlaygroundError("the dialog is empty: write a user message for the target to read")
-        prefix = [{"role": "system", "content": system}] if system.strip() else []
-        full = [*prefix, {"role": "user", "content": prompt}]
-        if reply.strip():
-            full.append({"role": "assistant", "content": reply})
-        enc = encode_turns(self.tokenizer, prefix, full, gen=not reply.strip())
+        enc = self.encode(prompt, system if system.strip() else None, reply if reply.strip() else None)
         if len(enc.token_ids) > self.max_tokens:
             raise PlaygroundError(f"the dialog is {len(enc.token_ids)} tokens, longer than the model's context of "
                                   f"{self.max_tokens}: shorten it")
@@ -76,11 +70,6 @@ class Playground(Reader):
             raise PlaygroundError(f"read layer {layer} is not in the model: it has blocks 0 to {self.n_layers - 1} "
                                   f"(this decoder was trained on layer {self.info.read_layer})")
         return int(layer)
-
-    @torch.no_grad()
-    def read(self, encoded: list, layer: int) -> list[np.ndarray]:
-        with self.net.disable_adapter():  # the target: the base model
-            return read_spans(self.net, encoded, layer, pad_id=pad_id_of(self.tokenizer))
 
     def ask_all(self, questions: list[str], prompt: str, system: str = "", reply: str = "",
                 references: list[str] | None = None, layer: int | None = None, other: dict | None = None,

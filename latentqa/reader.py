@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from latentqa.decoder import load_decoder
-from latentqa.dialogs import encode_turns
+from latentqa.dialogs import encode_turns, pad_id_of
 from latentqa.generate import answer
 from latentqa.residual import read_spans
 
@@ -27,16 +27,23 @@ class Reader:
         trained = load_decoder(Path(decoder_dir), model, dtype=dtype, device=device)
         self.info, self.tokenizer, self.net = trained.info, trained.tokenizer, trained.net
 
-    @torch.no_grad()
-    def activations(self, prompt: str, system: str | None = None, reply: str | None = None) -> np.ndarray:
-        """[n, d] activations at the read layer for the tokens after the (masked) system prompt."""
+    def encode(self, prompt: str, system: str | None = None, reply: str | None = None):
+        """The dialog's tokens and how many of them are the masked system prompt."""
         prefix = [{"role": "system", "content": system}] if system else []
         full = [*prefix, {"role": "user", "content": prompt}]
         if reply is not None:
             full.append({"role": "assistant", "content": reply})
-        enc = encode_turns(self.tokenizer, prefix, full, gen=reply is None)
+        return encode_turns(self.tokenizer, prefix, full, gen=reply is None)
+
+    @torch.no_grad()
+    def read(self, encoded: list, layer: int) -> list[np.ndarray]:
+        """[n, d] activations of block `layer` for each encoded dialog's read span, from the target."""
         with self.net.disable_adapter():  # the target: the base model
-            return read_spans(self.net, [enc], self.info.read_layer, pad_id=0)[0]
+            return read_spans(self.net, encoded, layer, pad_id=pad_id_of(self.tokenizer))
+
+    def activations(self, prompt: str, system: str | None = None, reply: str | None = None) -> np.ndarray:
+        """[n, d] activations at the read layer for the tokens after the (masked) system prompt."""
+        return self.read([self.encode(prompt, system, reply)], self.info.read_layer)[0]
 
     def ask(self, questions: list[str], prompt: str, system: str | None = None, reply: str | None = None,
             max_new_tokens: int = 48) -> list[str]:

@@ -30,10 +30,14 @@ def _chain(store: Store, stages: dict[str, Manifest]) -> list[dict]:
     return [{"role": role, "stage": m.stage, "fingerprint": m.fingerprint} for role, m in stages.items()]
 
 
-def dataset_facts(store: Store, name: str, version: str | None = None) -> dict:
-    """What a dataset card says about a version (newest when `version` is None): dataset_card's arguments."""
+def version_chain(store: Store, name: str, version: str | None = None) -> tuple[dict, dict[str, Manifest]]:
+    """(record, chain manifests) of a dataset version, the newest when `version` is None."""
     record = datasets.resolve_version(store, name, version)
-    chain = datasets.chain_manifests(store, record)
+    return record, datasets.chain_manifests(store, record)
+
+
+def dataset_facts(store: Store, name: str, record: dict, chain: dict[str, Manifest]) -> dict:
+    """What a dataset card says about a version: dataset_card's arguments."""
     synth = chain["synthesize"]
     if synth.stage == "import":
         origin = {"kind": "import", "files": synth.summary.get("files", {})}
@@ -47,10 +51,8 @@ def dataset_facts(store: Store, name: str, version: str | None = None) -> dict:
             "counts": {role: c for role, c in counts.items() if c}, "rows": rows}
 
 
-def write_dataset(store: Store, name: str, version: str, out: Path, card: str) -> dict[str, int]:
+def write_dataset(store: Store, chain: dict[str, Manifest], out: Path, card: str) -> dict[str, int]:
     """The version's splits, each QA row joined with its dialog's turns, and the card; {split: rows}."""
-    record = datasets.resolve_version(store, name, version)
-    chain = datasets.chain_manifests(store, record)
     turns = read_table(outputs.dialogs_path(store, chain["synthesize"]), DIALOGS).select(DIALOG_COLUMNS)
     rows = {}
     with atomic_dir(Path(out)) as tmp:
