@@ -4,6 +4,7 @@
   latentqa serve [--model NAME] [--port N]
   latentqa lineage PATH|FINGERPRINT [--root DIR]
   latentqa steer [--config FILE] [--set steer.field=value ...]
+  latentqa sweep [--config FILE] [--set sweep.field=value ...]
   latentqa read --decoder DIR --prompt TEXT [--system TEXT] [--reply TEXT] --question Q [--question Q ...]
   latentqa import-latentqa [--source DIR] [--out DIR]
   latentqa datasets [--root DIR]
@@ -58,11 +59,11 @@ def _run_flow(args, flow_name: str):
     """Load and check the config, then run a flow of flows/ on it: (config, final state) or an exit code."""
     from latentqa.config import ConfigError
 
-    from latentqa.preflight import check_run
+    from latentqa.preflight import check_run, check_sweep
 
     try:  # before Prefect starts: a bad config is an error message and exit code 2, never a failed flow run
         cfg = load_run_config(args.config, args.set)
-        check_run(cfg)
+        check_sweep(cfg) if flow_name.startswith("flows.sweep:") else check_run(cfg)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return None, 2
@@ -101,6 +102,16 @@ def cmd_steer(args) -> int:
     if cfg is None:
         return state
     print((Path(cfg.storage.root) / state.result().dir / "report.md").read_text())
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    cfg, state = _run_flow(args, "flows.sweep:scaling_sweep")
+    if cfg is None:
+        return state
+    final = state.result()
+    print((Path(cfg.storage.root) / final.dir / "report.md").read_text())
+    print(f"plot: {(Path(cfg.storage.root) / final.dir / 'scaling.png').resolve()}")
     return 0
 
 
@@ -315,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--config", type=Path, help=f"YAML run config (default: {DEFAULT_CONFIG} when present)")
     st.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
     st.set_defaults(fn=cmd_steer)
+    swp = sub.add_parser("sweep", help="the scaling sweep: a decoder per model and share of the training data "
+                         "(the config's sweep section), one table and plot")
+    swp.add_argument("--config", type=Path, help=f"YAML run config (default: {DEFAULT_CONFIG} when present)")
+    swp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a field")
+    swp.set_defaults(fn=cmd_sweep)
     rd = sub.add_parser("read", help="ask a trained decoder about the target's activations on a dialog")
     rd.add_argument("--decoder", type=Path, required=True, help="a train/<fp12> directory of a store")
     rd.add_argument("--prompt", required=True, help="the user message the target reads")

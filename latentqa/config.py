@@ -2,7 +2,8 @@
 
 Each task receives only the sections it reads, so a fingerprint changes only when something that stage
 depends on changes. Fields listed in a section's NON_SEMANTIC never enter a fingerprint (speed knobs,
-devices, secrets' names). Everything derivable from the model (its depth) is checked once, before any work,
+devices, secrets' names); fields listed in its ADDED_LATER enter it only when set away from their default, so
+adding an option does not invalidate every store made before it existed. Everything derivable from the model (its depth) is checked once, before any work,
 by `check_against_model`.
 """
 
@@ -21,6 +22,7 @@ Variant = Literal["system", "stimulus", "stimulus_completion", "control"]
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset()
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset()
 
 
 class ModelConfig(Section):
@@ -178,6 +180,7 @@ class FilterConfig(Section):
 class TrainConfig(Section):
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset(
         {"log_every", "checkpoint_every", "grad_checkpointing", "processes"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"label_fraction"})
     read_layer: int | None = Field(None, description="which extracted layer the decoder reads; none: the first")
     write_layer: int = Field(0, ge=0, description="activations overwrite this decoder block's output")
     norm_match: bool = Field(False, description="rescale each vector to the norm of the residual it replaces")
@@ -193,6 +196,10 @@ class TrainConfig(Section):
     batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
+    label_fraction: float = Field(1.0, gt=0, le=1, description="train on this share of the training split's "
+                                  "control labels, nested: the labels are ranked once by a seeded hash and the "
+                                  "first ceil(fraction * n) kept, so a smaller share is a subset of a larger one; "
+                                  "the eval split is untouched (the scaling sweep's data axis)")
     seed: int = 0
     placeholder: str = Field("?", description="a single-token string; its id fills the activation positions")
     eval_every: int = Field(25, gt=0, description="eval loss on held-out controls every N steps (and at the end)")
@@ -274,6 +281,34 @@ class SteerConfig(Section):
         raise ValueError(f"steer.control={control!r} is not a builtin control {builtin}, persona:<label>, or a file")
 
 
+class SweepConfig(Section):
+    """The scaling sweep (flows/sweep.py): one decoder per model and training-data fraction, all evaluated alike."""
+
+    NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset({"runner", "parallel", "dask_address"})
+
+    models: list[str] = Field([], description="target models (embedded names, Hugging Face ids or folders); "
+                              "none: the run's model.name alone")
+    fractions: list[float] = Field([0.125, 0.25, 0.5, 1.0], min_length=1, description="shares of the training "
+                                   "labels (train.label_fraction), nested; the held-out labels are the same in "
+                                   "every cell")
+    relative_depth: float | None = Field(None, ge=0, le=1, description="read each model at block "
+                                         "round(relative_depth * blocks) (written there too when the config "
+                                         "writes at its read layer); none: the config's layers for every model")
+    runner: Literal["local", "process", "dask"] = Field("local", description="local: cells one after another; "
+                                                        "process: a pool of `parallel` processes; dask: on "
+                                                        "dask_address, or a LocalCluster of `parallel` workers")
+    parallel: int = Field(1, gt=0, description="cells trained at once (process and dask runners)")
+    dask_address: str | None = None
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        bad = [f for f in fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"sweep.fractions must each be in (0, 1], got {bad}")
+        return sorted(set(fractions))
+
+
 class StorageConfig(Section):
     root: Path = Path("runs/demo")
 
@@ -293,6 +328,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     steer: SteerConfig = SteerConfig()
+    sweep: SweepConfig = SweepConfig()
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")

@@ -29,6 +29,19 @@ def check_run(cfg: RunConfig) -> None:
                           f"environment; export it, or set endpoint.base_url: null to use the local endpoint")
 
 
+def check_sweep(cfg: RunConfig) -> list[RunConfig]:
+    """The sweep's run config per model (latentqa/sweep.py), each checked as check_run checks one run."""
+    from latentqa.sweep import model_runs
+
+    try:
+        runs = model_runs(cfg, lambda name: model_depth(name, cfg.model.revision if name == cfg.model.name else None))
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"sweep: {err}") from None
+    for run in runs:
+        check_run(run)
+    return runs
+
+
 def check_inputs(cfg: RunConfig) -> None:
     """Parse the files the stages will read, so that a bad one stops the run before any stage starts."""
     if cfg.release is not None:

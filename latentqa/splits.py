@@ -1,9 +1,11 @@
-"""Train/eval splits by control label (never by row), stratified by family, with a fixed seed."""
+"""Train/eval splits by control label (never by row), stratified by family, with a fixed seed; nested shares of
+the training labels for the scaling sweep."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+from typing import Iterable
 
 
 def assign_splits(label_family: dict[str, str], eval_fraction: float, seed: int,
@@ -21,3 +23,11 @@ def assign_splits(label_family: dict[str, str], eval_fraction: float, seed: int,
         n_eval = min(max(1, math.floor(eval_fraction * len(ranked) + 0.5)), len(ranked) - 1) if len(ranked) > 1 else 0
         out.update({l: ("eval" if i < n_eval else "train") for i, l in enumerate(ranked)})
     return out
+
+
+def nested_share(labels: Iterable[str], fraction: float, seed: int) -> set[str]:
+    """The first ceil(fraction * n) of the distinct labels in a seeded hash order: the same order for every
+    fraction, so the share kept at 1/8 is inside the share kept at 1/4, and so on (the sweep's data axis).
+    The order is salted apart from assign_splits' so it is not the order the eval labels were drawn in."""
+    distinct = sorted(set(labels), key=lambda l: hashlib.sha256(f"share:{seed}:{l}".encode()).hexdigest())
+    return set(distinct[:math.ceil(fraction * len(distinct))])

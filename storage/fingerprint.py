@@ -31,8 +31,12 @@ def _default(obj: Any) -> Any:
 
 
 def semantic_fields(section: BaseModel) -> dict[str, Any]:
-    """The fields of a config section that change what a stage writes (NON_SEMANTIC left out)."""
-    excluded = set(getattr(type(section), "NON_SEMANTIC", ()))
+    """The fields of a config section that change what a stage writes (NON_SEMANTIC left out, and ADDED_LATER
+    fields while they hold their default: a store made before the field existed keeps its fingerprints)."""
+    cls = type(section)
+    excluded = set(getattr(cls, "NON_SEMANTIC", ()))
+    excluded |= {name for name in getattr(cls, "ADDED_LATER", ())
+                 if getattr(section, name) == cls.model_fields[name].default}
     data = section.model_dump(mode="json", exclude=excluded)
     return {"section": type(section).__name__, **data}
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.manifest import Manifest
-from storage.parquet import CONTROLS, DIALOGS, SPLIT, read_table
-from storage.store import Store
+from storage.parquet import CONTROLS, DIALOGS, SPLIT, SUMMARY, read_table
+from storage.store import Store, read_manifest
 
 
 def controls(store: Store, catalog: Manifest) -> list[dict]:
@@ -48,3 +48,20 @@ def read_layers(acts: Manifest) -> list[int]:
 def variant(acts: Manifest) -> str:
     """How the extract stage rendered dialogs without a variant of their own (`extract.variant`)."""
     return acts.summary["variant"]
+
+
+def scores(store: Store, evaluation: Manifest) -> list[dict]:
+    """The summary rows (task, condition, metric, value, lo, hi, n) of an evaluate directory."""
+    return read_table(store.path(evaluation, "summary.parquet"), SUMMARY).to_pylist()
+
+
+def decoder_of(store: Store, evaluation: Manifest) -> Manifest:
+    """The train manifest an evaluate directory scored."""
+    (ref,) = [i for i in evaluation.inputs if i.stage == "train"]
+    return read_manifest(store.path(ref))
+
+
+def trained_on(decoder: Manifest) -> tuple[str, float, int]:
+    """(model, share of the training labels, training examples) of a train directory."""
+    train = decoder.config["train"]
+    return decoder.config["model"]["name"], train.get("label_fraction", 1.0), decoder.counts["n_examples"]

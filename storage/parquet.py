@@ -47,6 +47,11 @@ MARGINS = pa.schema([
     ("task", pa.string()), ("control", pa.string()), ("metric", pa.string()), ("margin", pa.float64()),
     ("lo", pa.float64()), ("hi", pa.float64()), ("n", pa.int64()),
 ])
+SWEEP = pa.schema([
+    ("model", pa.string()), ("fraction", pa.float64()), ("n_train_examples", pa.int64()), ("task", pa.string()),
+    ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("lo", pa.float64()),
+    ("hi", pa.float64()), ("n", pa.int64()),
+])
 CURVES = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("loss", pa.float64()), ("lr", pa.float64()),
                     ("eval_loss", pa.float64())])
 

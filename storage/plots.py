@@ -54,3 +54,44 @@ def plot_bars(groups: dict[str, dict[str, float | tuple[float, float, float]]], 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_scaling(rows: list[dict], models: list[str], path: Path) -> None:
+    """The scaling sweep: per task, the primary score against training examples (log x), one solid line per
+    model for the decoder with its 95% intervals, and that model's controls as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), dpi=100, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3))]
+    for ax, task in zip(axes[0], tasks):
+        of_task = [r for r in rows if r["task"] == task]
+        controls = [c for c in dict.fromkeys(r["condition"] for r in of_task) if c != "decoder"]
+        for m, model in enumerate(models):
+            for condition in ["decoder", *controls]:
+                line = sorted((r for r in of_task if r["model"] == model and r["condition"] == condition),
+                              key=lambda r: r["n_train_examples"])
+                if not line:
+                    continue
+                xs, ys = [r["n_train_examples"] for r in line], [r["value"] for r in line]
+                colour = colours[m % len(colours)]
+                if condition == "decoder":
+                    err = [[y - r["lo"] for y, r in zip(ys, line)], [r["hi"] - y for y, r in zip(ys, line)]]
+                    ax.errorbar(xs, ys, yerr=err, color=colour, marker="o", lw=1.8, capsize=3,
+                                label=f"{model}: decoder")
+                else:
+                    style = styles[controls.index(condition) % len(styles)]
+                    ax.plot(xs, ys, color=colour, ls=style, lw=1, alpha=0.7, label=f"{model}: {condition}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training examples (log)")
+        ax.set_title(f"{task} ({of_task[0]['metric']}, n={of_task[0]['n']})", fontsize=9)
+    axes[0][0].set_ylabel("primary score")
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

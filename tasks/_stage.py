@@ -94,7 +94,7 @@ class StageTask(MaterializingTask):
 
     def __call__(self, *args, **kwargs):
         params, store, fp = self._bind(args, kwargs)
-        deps = [stage_asset(store, m.stage, m.fingerprint) for m in params.values() if isinstance(m, Manifest)]
+        deps = [stage_asset(store, m.stage, m.fingerprint) for m in manifests_in(params)]
         return self.with_options(assets=[stage_asset(store, self.stage, fp)], asset_deps=deps)(*args, **kwargs)
 
 
@@ -142,8 +142,18 @@ def stage_task(stage: str, version: int, fingerprint_of: Callable[[dict[str, Any
     return wrap
 
 
+def manifests_in(arguments: dict[str, Any]) -> list[Manifest]:
+    """The upstream manifests of a call, in argument order: Manifest arguments, and the items of a list of them
+    (the sweep reads every cell's evaluation)."""
+    found = []
+    for value in arguments.values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        found += [m for m in items if isinstance(m, Manifest)]
+    return found
+
+
 def _commit(out: StageDir, version: int, arguments: dict[str, Any], section: str, made: Made) -> Manifest:
-    """The manifest: every Manifest argument an input; every config section argument dumped in full (an
+    """The manifest: every Manifest argument (or list item) an input; every config section argument dumped in full (an
     endpoint without its base_url, which can carry credentials), and every plain value argument as it is."""
     config = {}
     for name, value in arguments.items():
@@ -152,7 +162,7 @@ def _commit(out: StageDir, version: int, arguments: dict[str, Any], section: str
             config[section if name == "cfg" else name] = value.model_dump(mode="json", exclude=exclude)
         elif isinstance(value, (str, int, float, bool)):
             config[name] = value
-    return out.commit(version=version, inputs=[v for v in arguments.values() if isinstance(v, Manifest)],
+    return out.commit(version=version, inputs=manifests_in(arguments),
                       config=config, counts=made.counts, summary=made.summary, rows=made.rows, **provenance())
 
 

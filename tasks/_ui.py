@@ -31,7 +31,8 @@ def in_run() -> bool:
 # what each stage's artifacts are called in the UI: `<noun>-<dataset>`, one key per stage and dataset, so the
 # Artifacts page lists a stage's versions over time
 ARTIFACT_NOUNS = {"catalog": "controls", "import": "release", "synthesize": "synthesis", "extract": "activations",
-                  "filter": "dataset", "train": "decoder", "evaluate": "evaluation", "steer": "steering"}
+                  "filter": "dataset", "train": "decoder", "evaluate": "evaluation", "steer": "steering",
+                  "sweep": "sweep"}
 
 
 def artifact_key(stage: str, store: Store) -> str:
@@ -57,6 +58,16 @@ def publish(manifest: Manifest, store: Store, figures: dict[str, Any] | None = N
     create_markdown_artifact(markdown=md, key=key, description=f"{manifest.stage} {manifest.fp12}")
     table = figures if figures is not None else {**manifest.counts, "elapsed_s": manifest.elapsed_s}
     create_table_artifact(table=[{"name": k, "value": v} for k, v in table.items()], key=f"{key}-table")
+
+
+def publish_report(report: str, rows: list[dict], store: Store) -> None:
+    """The scaling sweep's results under one stable key per dataset, `scaling-sweep-<dataset>`: its report as
+    markdown and its rows (one per cell, task and condition, with n and interval) as a table."""
+    if not in_run():
+        return
+    key = f"scaling-{artifact_key('sweep', store)}"
+    create_markdown_artifact(markdown=report, key=key, description="scaling sweep: every cell, with intervals")
+    create_table_artifact(table=rows, key=f"{key}-table", description="scaling sweep rows")
 
 
 def publish_image(manifest: Manifest, store: Store, name: str, title: str) -> None:

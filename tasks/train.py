@@ -60,7 +60,7 @@ def train(out: StageDir, cfg: TrainConfig, model: ModelConfig, split: Manifest, 
     return Made(rows={"curves.parquet": n_curves}, figures=summary, images={"curves.png": "training curves"},
                 counts={"n_examples": result.n_examples, "n_eval_examples": result.n_eval_examples,
                         "n_steps": result.steps, "resumed_at_step": result.start_step},
-                summary={**summary, "device": result.device, "processes": processes})
+                summary={**summary, "device": result.device, "processes": processes, "pid": os.getpid()})
 
 
 def _fit_in_processes(processes: int, cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Manifest,

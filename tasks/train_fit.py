@@ -57,7 +57,8 @@ def fit_decoder(cfg: TrainConfig, model: ModelConfig, split: Manifest, acts: Man
     tok, layer = loaded.tokenizer, cfg.read_layer if cfg.read_layer is not None else outputs.read_layers(acts)[0]
     ph_id = placeholder_id(tok, cfg.placeholder)
     reader = activation_reader(store, acts)  # both splits read the same parts: map them once
-    _, *train_set = load_examples(store, split, reader, "train", tok, ph_id, layer, cfg.loss_on_ack)
+    _, *train_set = load_examples(store, split, reader, "train", tok, ph_id, layer, cfg.loss_on_ack,
+                                  label_fraction=cfg.label_fraction, seed=cfg.seed)
     _, *eval_set = load_examples(store, split, reader, "eval", tok, ph_id, layer, cfg.loss_on_ack,
                                  limit=cfg.eval_examples)
     if not train_set[0]:

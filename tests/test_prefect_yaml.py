@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_deployment_points_at_a_flow_and_runs_on_the_pool():
     project = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = {d["name"] for d in project["deployments"]}
-    assert {"regenerate-dataset", "train-decoder", "evaluate", "full-pipeline", "steer"} <= names
+    assert {"regenerate-dataset", "train-decoder", "evaluate", "full-pipeline", "steer", "scaling-sweep"} <= names
     for d in project["deployments"]:
         path, fn = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), fn)

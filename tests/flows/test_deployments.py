@@ -25,7 +25,7 @@ from tests.flows.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 STAGES = {"catalog", "synthesize", "extract", "filter", "train", "evaluate"}
-DEPLOYMENTS = {"regenerate-dataset", "train-decoder", "evaluate", "full-pipeline", "steer"}
+DEPLOYMENTS = {"regenerate-dataset", "train-decoder", "evaluate", "full-pipeline", "steer", "scaling-sweep"}
 
 
 def _free_port() -> int:
@@ -121,6 +121,16 @@ def test_second_deployed_run_is_all_cached(served, first):
     run = served.run("latentqa-pipeline/full-pipeline", {"cfg": cfg.model_dump(mode="json")})
     assert run.state.is_completed(), run.state.message
     assert served.task_states(run.id) == {s: "Cached" for s in STAGES}
+
+
+def test_deployed_sweep_reuses_the_pipelines_decoder(served, first):
+    cfg, _ = first
+    sweep = cfg.model_validate({**cfg.model_dump(mode="json"), "sweep": {"fractions": [1.0]}})
+    run = served.run("scaling-sweep/scaling-sweep", {"cfg": sweep.model_dump(mode="json")})
+    assert run.state.is_completed(), run.state.message
+    states = served.task_states(run.id)  # the one cell is the full-pipeline's decoder and evaluation
+    assert states == {s: "Cached" for s in STAGES}
+    assert list((cfg.storage.root / "sweep").glob("*/sweep.parquet"))
 
 
 def test_failed_run_retried_reruns_only_train_and_evaluate(served, first, tiny_model_dir):
@@ -224,6 +234,7 @@ def test_materialisation_events_carry_the_lineage(served, first):
         time.sleep(2)
     by_asset = {e["resource"]["prefect.resource.id"]: e for e in events}
     stages = {key.rsplit("/", 2)[-2]: key for key in by_asset}
+    stages.pop("sweep", None)  # the deployed sweep's own asset, in the same store
     assert set(stages) == STAGES
     upstream = {r["prefect.resource.id"] for r in by_asset[stages["filter"]]["related"]
                 if r.get("prefect.resource.role") == "asset"}

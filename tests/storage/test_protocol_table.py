@@ -14,13 +14,13 @@ import pytest
 from pydantic import BaseModel
 
 from latentqa.config import (CatalogConfig, EndpointConfig, EvaluateConfig, ExtractConfig, FilterConfig, ModelConfig,
-                             ReleaseConfig, ReleaseFile, SteerConfig, SynthesizeConfig, TrainConfig)
+                             ReleaseConfig, ReleaseFile, SteerConfig, SweepConfig, SynthesizeConfig, TrainConfig)
 from storage.store import StoreError
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "storage" / "PROTOCOL.md"
 MODULES = {"catalog": "tasks.catalog", "synthesize": "tasks.synthesize", "import": "tasks.import_release",
            "extract": "tasks.extract", "filter": "tasks.filter", "train": "tasks.train", "evaluate": "tasks.evaluate",
-           "steer": "tasks.steer"}
+           "steer": "tasks.steer", "sweep": "tasks.sweep"}
 
 
 def table() -> dict[str, tuple[str, str]]:
@@ -51,6 +51,7 @@ def params(stage: str, tmp: Path, model_dir: Path) -> dict:
                      "endpoint": endpoint, "decoder": up["train"], "split": up["filter"], "acts": up["extract"],
                      "synth": up["synthesize"]},
         "steer": {"cfg": SteerConfig(control=str(control)), "model": model, "decoder": up["train"]},
+        "sweep": {"cfg": SweepConfig(models=[str(model_dir)]), "evaluations": [up["evaluate"]]},
     }[stage]
 
 
@@ -80,7 +81,7 @@ def test_fingerprint_table_matches_what_the_stage_hashes(stage, tmp_path, tiny_m
     assert ("model identity" in sections) == weights, f"{stage}: table says {sections!r}"
     assert set(re.findall(r"\b[A-Z]\w*Config\b", sections)) == classes, f"{stage}: table says {sections!r}"
     assert ("sha256" in sections) == files, f"{stage}: table says {sections!r}"
-    documented = {alt.split(" or ")[0].strip() for alt in inputs.split(",") if alt.strip() not in ("-", "")}
+    documented = {alt.split(" or ")[0].split(" (")[0].strip() for alt in inputs.split(",") if alt.strip() not in ("-", "")}
     assert documented == upstream, f"{stage}: table says inputs {inputs!r}, the stage hashes {sorted(upstream)}"
 
 
