@@ -55,15 +55,15 @@ def load_run_config(path: Path | None, overrides: list[str]):
     return parse_config(_apply_overrides(raw, overrides), source=str(path or "defaults"))
 
 
-def _run_flow(args, flow_name: str):
-    """Load and check the config, then run a flow of flows/ on it: (config, final state) or an exit code."""
+def _run_flow(args, flow_name: str, check: str = "check_run"):
+    """Load the config and check it with `check` of latentqa/preflight.py, then run a flow of flows/ on it:
+    (config, final state) or an exit code."""
+    from latentqa import preflight
     from latentqa.config import ConfigError
-
-    from latentqa.preflight import check_run, check_sweep
 
     try:  # before Prefect starts: a bad config is an error message and exit code 2, never a failed flow run
         cfg = load_run_config(args.config, args.set)
-        check_sweep(cfg) if flow_name.startswith("flows.sweep:") else check_run(cfg)
+        getattr(preflight, check)(cfg)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return None, 2
@@ -106,7 +106,7 @@ def cmd_steer(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    cfg, state = _run_flow(args, "flows.sweep:scaling_sweep")
+    cfg, state = _run_flow(args, "flows.sweep:scaling_sweep", check="check_sweep")
     if cfg is None:
         return state
     final = state.result()
