@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.organism import organism_for
 from flows.train_decoder import trained_decoder
 from latentqa.config import RunConfig
 from latentqa.preflight import check_run
@@ -20,4 +21,5 @@ def evaluate_decoder(cfg: RunConfig = RunConfig(), version: str | None = None) -
     with open_version(store, cfg.name, version) as (record, chain):
         split, acts = chain["filter"], chain["extract"]
         decoder = trained_decoder(cfg, store, record, chain)
-        return evaluate(cfg.evaluate, cfg.model, decoder, split, acts, chain["synthesize"], store, cfg.endpoint)
+        return evaluate(cfg.evaluate, cfg.model, decoder, split, acts, chain["synthesize"], store, cfg.endpoint,
+                        organism_for(cfg, store))

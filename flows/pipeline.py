@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.dataset import build_dataset
+from flows.organism import organism_for
 from latentqa.config import RunConfig
 from latentqa.preflight import check_run
 from storage.datasets import lease
@@ -27,4 +28,4 @@ def pipeline(cfg: RunConfig = RunConfig(), regenerate: bool = False) -> Manifest
     with lease(store, cfg.name, data["filter"].fingerprint):
         decoder = train(cfg.train, cfg.model, data["filter"], data["extract"], store)
         return evaluate(cfg.evaluate, cfg.model, decoder, data["filter"], data["extract"], data["synthesize"], store,
-                        cfg.endpoint)
+                        cfg.endpoint, organism_for(cfg, store))

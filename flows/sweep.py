@@ -18,6 +18,7 @@ from latentqa.config import RunConfig, SweepConfig
 from latentqa.preflight import check_sweep
 from latentqa.sweep import cell_train
 from flows.dataset import build_dataset
+from flows.organism import organism_for
 from storage.datasets import lease
 from storage.manifest import Manifest
 from storage.store import Store
@@ -28,10 +29,11 @@ from tasks.train import train
 
 @task(name="sweep-cell", cache_policy=NO_CACHE, persist_result=False)
 def sweep_cell(run: RunConfig, fraction: float, chain: dict[str, Manifest], store: Store) -> Manifest:
-    """Train on a nested share of the training labels, then evaluate: two cached stages."""
+    """Train on a nested share of the training labels, then evaluate: two cached stages (the model's organism,
+    when the organism task is evaluated, was made before the cells and is found cached here)."""
     decoder = train(cell_train(run, fraction), run.model, chain["filter"], chain["extract"], store)
     return evaluate(run.evaluate, run.model, decoder, chain["filter"], chain["extract"], chain["synthesize"], store,
-                    run.endpoint)
+                    run.endpoint, organism_for(run, store))
 
 
 @contextmanager
@@ -68,6 +70,8 @@ def scaling_sweep(cfg: RunConfig = RunConfig()) -> Manifest:  # noqa: B008
     runs = check_sweep(cfg)  # every model's layers and inputs, before any stage
     store = Store(cfg.storage.root, cfg.name)
     chains = [build_dataset(run, store) for run in runs]
+    for run in runs:  # each model's organism once, before cells that may run in parallel share it
+        organism_for(run, store)
     cells = [(run, fraction, chain) for run, chain in zip(runs, chains) for fraction in cfg.sweep.fractions]
     with ExitStack() as held:
         for chain in chains:

@@ -220,7 +220,7 @@ class TrainConfig(Section):
         return self
 
 
-EvalTask = Literal["gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational"]
+EvalTask = Literal["gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational", "organism"]
 EvalControl = Literal["shuffled", "zero", "text_only", "untrained_patch", "probe"]
 
 
@@ -253,6 +253,21 @@ class EvaluateConfig(Section):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"evaluate.hidden_persona_file {path} not found (make it with latentqa import-latentqa)")
         return path
+
+
+class OrganismConfig(Section):
+    """The model organism (latentqa/organism.py): the target taught invented facts, for the `organism` task."""
+
+    n_entities: int = Field(60, ge=2, description="invented people, three facts each (city, profession, sport)")
+    seed: int = 0
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_steps: int = Field(600, gt=0, description="stop here if the target accuracy is not reached first")
+    eval_every: int = Field(50, gt=0, description="steps between checks of the organism's direct accuracy")
+    target_accuracy: float = Field(0.9, gt=0, le=1, description="stop once the organism answers this share of "
+                                   "direct questions about its facts")
 
 
 class SteerConfig(Section):
@@ -328,6 +343,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     steer: SteerConfig = SteerConfig()
+    organism: OrganismConfig = OrganismConfig()
     sweep: SweepConfig = SweepConfig()
     storage: StorageConfig = StorageConfig()
 

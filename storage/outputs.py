@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.manifest import Manifest
-from storage.parquet import CONTROLS, DIALOGS, SPLIT, SUMMARY, read_table
+from storage.parquet import CONTROLS, DIALOGS, ORGANISM_FACTS, SPLIT, SUMMARY, read_table
 from storage.store import Store, read_manifest
 
 
@@ -65,3 +65,12 @@ def trained_on(decoder: Manifest) -> tuple[str, float, int]:
     """(model, share of the training labels, training examples) of a train directory."""
     train = decoder.config["train"]
     return decoder.config["model"]["name"], train.get("label_fraction", 1.0), decoder.counts["n_examples"]
+
+
+def organism_facts(store: Store, organism: Manifest) -> list[dict]:
+    """The invented facts (entity, attribute, value) an organism directory was taught."""
+    return read_table(store.path(organism, "facts.parquet"), ORGANISM_FACTS).to_pylist()
+
+
+def organism_adapter(store: Store, organism: Manifest) -> Path:
+    return store.path(organism, "adapter")

@@ -52,6 +52,8 @@ SWEEP = pa.schema([
     ("condition", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("lo", pa.float64()),
     ("hi", pa.float64()), ("n", pa.int64()),
 ])
+ORGANISM_FACTS = pa.schema([("entity", pa.string()), ("attribute", pa.string()), ("value", pa.string())])
+ORGANISM_CURVE = pa.schema([("step", pa.int64()), ("loss", pa.float64()), ("accuracy", pa.float64())])
 CURVES = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("loss", pa.float64()), ("lr", pa.float64()),
                     ("eval_loss", pa.float64())])
 

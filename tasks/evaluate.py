@@ -1,15 +1,17 @@
 """evaluate: the reading experiments, each scored with the decoder and with faithfulness controls.
 
 Reads   train/<fp>/{adapter/, decoder.json}, filter/<fp>/{train,eval}.parquet, extract/<fp>/part-*.parquet,
-        synthesize/<fp>/dialogs.parquet
+        synthesize/<fp>/dialogs.parquet; organism/<fp>/{adapter/, facts.parquet} for the organism task
 Writes  evaluate/<fp>/{metrics,summary,margins}.parquet, report.md, scores.png + manifest.json
         (storage/PROTOCOL.md, "evaluate")
 Resume  one pass; nothing to resume.
 
 Tasks (latentqa/evals/items.py): held-out QA pairs as gist and fact questions, a persona/goal/scenario
 classification, hidden personas and goals (a held-out persona or goal as a masked system prompt, identified
-among the K descriptions of its block by calibrated answer loss) and relational facts ("Tell me about France." -> currency). Held-out items reuse the extracted
-activations; hidden-persona and relational prompts are read from the target here. Controls
+among the K descriptions of its block by calibrated answer loss), relational facts ("Tell me about France." ->
+currency) and the organism's invented facts (latentqa/evals/organism_task.py: only the organism's activations
+carry them). Held-out items reuse the extracted activations; hidden-persona, relational and organism prompts are
+read from the target (or the organism) here. Controls
 (latentqa/evals/harness.py): shuffled and zero activations, a text-only reader, the untrained model with the
 activations patched in, and a linear probe. Every score carries n and a seeded 95% bootstrap interval; the
 report shows the decoder's paired margin over each control and whether it reads (latentqa/evals/stats.py).
@@ -23,11 +25,13 @@ from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import load_decoder
 from latentqa.dialogs import pad_id_of
 from latentqa.evals.harness import Scorer, margins, score_items, summarize, verdicts
-from latentqa.evals.items import TASKS, Item, build_items, read_fresh
+from latentqa.evals.items import TASKS, Item, build_items, read_fresh, sample_per_task
+from latentqa.evals.organism_task import organism_items, score_organism
 from latentqa.evals.judge import judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
 from latentqa.models import model_identity
+from latentqa.organism import Fact, load_organism
 from storage.fingerprint import file_sha256, fingerprint
 from storage.manifest import Manifest
 from storage.parquet import MARGINS, METRICS, SUMMARY, read_table, write_table
@@ -47,9 +51,10 @@ def fingerprint_of(p: dict[str, Any]) -> str:
     personas = [file_sha256(cfg.hidden_persona_file)] if cfg.hidden_persona_file else []  # a file by its bytes
     judge = [p["endpoint"]] if cfg.judge and p.get("endpoint") else []
     weights = model_identity(p["model"].name, p["model"].revision)
+    organism = [p["organism"].fingerprint] if p.get("organism") else []
     return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], weights, *personas, *judge],
                        inputs=[p["decoder"].fingerprint, p["split"].fingerprint, p["acts"].fingerprint,
-                               p["synth"].fingerprint])
+                               p["synth"].fingerprint, *organism])
 
 
 def scoring_progress(items: list[Item], controls: list[str]) -> Callable[[str, int], None]:
@@ -77,12 +82,21 @@ def train_probe(store: Store, split: Manifest, reader, layer: int, seed: int) ->
     return Probe(mean_pool([reader.acts(d, layer) for d in ids]), [rows[d] for d in ids], seed=seed)
 
 
+def organism_read(store: Store, organism: Manifest, cfg: EvaluateConfig, tok) -> list[Item]:
+    """The organism task's items: one per taught fact (at most evaluate.max_examples, a seeded sample)."""
+    facts = [Fact(**r) for r in outputs.organism_facts(store, organism)]
+    return sample_per_task(organism_items(tok, facts), cfg.max_examples, cfg.seed)
+
+
 @stage_task(STAGE, VERSION, fingerprint_of)
 def evaluate(out: StageDir, cfg: EvaluateConfig, model: ModelConfig, decoder: Manifest, split: Manifest,
-             acts: Manifest, synth: Manifest, store: Store, endpoint: EndpointConfig | None = None) -> Made:
+             acts: Manifest, synth: Manifest, store: Store, endpoint: EndpointConfig | None = None,
+             organism: Manifest | None = None) -> Made:
     """Score every task under the decoder and every control; write the tables, the report and the chart."""
     if cfg.judge and endpoint is None:
         raise ValueError("evaluate.judge needs an endpoint: pass the run config's endpoint section")
+    if "organism" in cfg.tasks and organism is None:
+        raise ValueError("evaluate.tasks has `organism`: pass the organism stage's manifest (tasks/organism.py)")
     trained = load_decoder(store.path(decoder), model.name, model.revision, model.dtype, model.device)
     info, net, tok = trained.info, trained.net, trained.tokenizer
     reader = activation_reader(store, acts)
@@ -94,8 +108,14 @@ def evaluate(out: StageDir, cfg: EvaluateConfig, model: ModelConfig, decoder: Ma
         read_fresh(net, fresh, info.read_layer, pad_id_of(tok), cfg.batch_size)
     probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None
     items = sorted(stored + fresh, key=lambda it: TASKS.index(it.task))  # the report's task order
-    scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items, cfg.controls))
+    taught = organism_read(store, organism, cfg, tok) if "organism" in cfg.tasks else []
+    scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items + taught, cfg.controls))
     rows = score_items(scorer, items, cfg.controls, cfg.seed, probe)
+    if taught:
+        subject = load_organism(outputs.organism_adapter(store, organism), model.name, model.revision, model.dtype,
+                                model.device)
+        rows += score_organism(scorer, subject, taught, cfg.controls, info.read_layer, pad_id_of(tok), cfg.seed)
+        items += taught
     scores = [None] * len(rows)
     if cfg.judge:
         with endpoint_client(endpoint, store) as llm:

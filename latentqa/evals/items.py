@@ -23,7 +23,7 @@ from latentqa.dialogs import encode_dialog
 from latentqa.residual import read_spans
 
 FAMILIES = ("persona", "goal", "scenario")
-TASKS = ("gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational")
+TASKS = ("gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational", "organism")
 HIDDEN = {"hidden_persona": "persona", "hidden_goal": "goal"}  # identification task -> the family it hides
 CLASS_QUESTION = "Is the assistant following a persona, a goal or a scenario? Answer with one word."
 

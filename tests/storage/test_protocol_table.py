@@ -14,13 +14,14 @@ import pytest
 from pydantic import BaseModel
 
 from latentqa.config import (CatalogConfig, EndpointConfig, EvaluateConfig, ExtractConfig, FilterConfig, ModelConfig,
-                             ReleaseConfig, ReleaseFile, SteerConfig, SweepConfig, SynthesizeConfig, TrainConfig)
+                             OrganismConfig, ReleaseConfig, ReleaseFile, SteerConfig, SweepConfig, SynthesizeConfig,
+                             TrainConfig)
 from storage.store import StoreError
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "storage" / "PROTOCOL.md"
 MODULES = {"catalog": "tasks.catalog", "synthesize": "tasks.synthesize", "import": "tasks.import_release",
            "extract": "tasks.extract", "filter": "tasks.filter", "train": "tasks.train", "evaluate": "tasks.evaluate",
-           "steer": "tasks.steer", "sweep": "tasks.sweep"}
+           "steer": "tasks.steer", "sweep": "tasks.sweep", "organism": "tasks.organism"}
 
 
 def table() -> dict[str, tuple[str, str]]:
@@ -49,9 +50,10 @@ def params(stage: str, tmp: Path, model_dir: Path) -> dict:
         "train": {"cfg": TrainConfig(), "model": model, "split": up["filter"], "acts": up["extract"]},
         "evaluate": {"cfg": EvaluateConfig(judge=True, hidden_persona_file=personas), "model": model,
                      "endpoint": endpoint, "decoder": up["train"], "split": up["filter"], "acts": up["extract"],
-                     "synth": up["synthesize"]},
+                     "synth": up["synthesize"], "organism": up["organism"]},
         "steer": {"cfg": SteerConfig(control=str(control)), "model": model, "decoder": up["train"]},
         "sweep": {"cfg": SweepConfig(models=[str(model_dir)]), "evaluations": [up["evaluate"]]},
+        "organism": {"cfg": OrganismConfig(), "model": model},
     }[stage]
 
 
