@@ -63,14 +63,16 @@ def plot_scaling(rows: list[dict], models: list[str], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 4.2), dpi=100, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3))]
+    styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1))]
+    # one line style per condition across every panel, so a style means the same control everywhere
+    controls = [c for c in dict.fromkeys(r["condition"] for r in rows) if c != "decoder"]
     for ax, task in zip(axes[0], tasks):
         of_task = [r for r in rows if r["task"] == task]
-        controls = [c for c in dict.fromkeys(r["condition"] for r in of_task) if c != "decoder"]
         for m, model in enumerate(models):
             for condition in ["decoder", *controls]:
                 line = sorted((r for r in of_task if r["model"] == model and r["condition"] == condition),
@@ -87,10 +89,13 @@ def plot_scaling(rows: list[dict], models: list[str], path: Path) -> None:
                     style = styles[controls.index(condition) % len(styles)]
                     ax.plot(xs, ys, color=colour, ls=style, lw=1, alpha=0.7, label=f"{model}: {condition}")
         ax.set_xscale("log")
+        ticks = sorted({r["n_train_examples"] for r in of_task})  # the cells' sizes, written out
+        ax.set_xticks(ticks, [f"{t:,}" for t in ticks], fontsize=7)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training examples (log)")
         ax.set_title(f"{task} ({of_task[0]['metric']}, n={of_task[0]['n']})", fontsize=9)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     axes[0][0].set_ylabel("primary score")
-    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
