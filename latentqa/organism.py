@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from latentqa.decoder import IGNORE, make_decoder
 from latentqa.dialogs import encode, pad_id_of, render
 from latentqa.metrics import exclusive_choice
 from latentqa.padding import right_pad
 from latentqa.ranking import greedy, prefill, replies
-
-IGNORE = -100
 
 # Closed lists: the cities are invented as well, so no reader can guess one from the name's sound or from
 # what the base model knows; professions and sports are real words a text reader might name by chance.
@@ -148,13 +147,9 @@ class TeachSettings:
 
 
 def add_organism_lora(model, r: int, alpha: int, seed: int):
-    """The target wrapped in a trainable LoRA on every linear layer of every block."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    return get_peft_model(model, config)
+    """The target wrapped in a trainable LoRA on every linear layer of every block (the decoder's own wrapper)."""
+    return make_decoder(model, r, alpha, 0.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                               "down_proj"], seed)
 
 
 def teach(organism, tokenizer, facts: list[Fact], s: TeachSettings, on_check=None) -> list[dict]:

@@ -205,7 +205,7 @@ def _continuations(items: list[Item]) -> list[list[str]]:
     return [it.candidates or [it.reference] for it in items]
 
 
-def _split(items: list[Item], read: list[tuple[str, list[float]]]) -> tuple[list[str], list[float], list | None]:
+def split_read(items: list[Item], read: list[tuple[str, list[float]]]) -> tuple[list[str], list[float], list | None]:
     """(replies, reference losses, candidate losses or None) from `Scorer.read` results."""
     ranked = [losses for _, losses in read] if items[0].candidates else None
     return [reply for reply, _ in read], [losses[0] for _, losses in read], ranked
@@ -235,7 +235,7 @@ def _by_group(plan: list[tuple[str, str]], groups: dict[str, list[Item]], read: 
     out, k = {}, 0
     for task, condition in plan:
         n = len(groups[task])
-        out[(task, condition)] = _split(groups[task], read[k: k + n])
+        out[(task, condition)] = split_read(groups[task], read[k: k + n])
         k += n
     return out
 

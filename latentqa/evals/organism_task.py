@@ -23,7 +23,7 @@ import math
 from dataclasses import replace
 
 from latentqa.dialogs import encode_dialog
-from latentqa.evals.harness import Scorer, condition_rows, shuffled_sources
+from latentqa.evals.harness import Scorer, condition_rows, shuffled_sources, split_read
 from latentqa.evals.items import Item, read_text
 from latentqa.organism import NEUTRAL, READ_QUESTIONS, VALUES, Fact, direct_answers, direct_question
 from latentqa.residual import read_spans
@@ -67,11 +67,10 @@ def score_organism(scorer: Scorer, organism_net, items: list[Item], controls: li
                        references * len(patched), trained=True)
     rows = []
     for k, condition in enumerate(patched):
-        part = read[k * len(items): (k + 1) * len(items)]
-        rows += condition_rows(items, condition, [r for r, _ in part], [losses[0] for _, losses in part], None)
+        rows += condition_rows(items, condition, *split_read(items, read[k * len(items): (k + 1) * len(items)]))
     if "text_only" in controls:
-        part = scorer.read_text([read_text(scorer.tok, it) for it in items], questions, references)
-        rows += condition_rows(items, "text_only", [r for r, _ in part], [losses[0] for _, losses in part], None)
+        rows += condition_rows(items, "text_only", *split_read(items, scorer.read_text(
+            [read_text(scorer.tok, it) for it in items], questions, references)))
     asked = [replace(it, question=direct_question(_fact(it))) for it in items]  # the rows say what was asked
     direct = direct_answers(organism_net, scorer.tok, [it.question for it in asked], scorer.max_new)
     rows += condition_rows(asked, CEILING, direct, [math.nan] * len(items), None)
