@@ -7,9 +7,11 @@ reference  the target's forward recomputed for every batch, as the original Late
            output_hidden_states (the plain way) and one stopped after the read layer (the best a recomputing
            loop can do)
 no-patch   the cached loop without the patching hook: the cost of patching itself
+full-vocab the cached loop with the loss from logits at every position (`model(..., labels=...)`), where the
+           stage projects onto the vocabulary only the columns that predict answer tokens (`labelled_loss`)
 
 Epoch times are measured once each; k-epoch ratios are (k x reference) / (extract + k x cached).
-The last line is `cached/reference 1 epoch: X.XX  3 epochs: Y.YY  patching overhead: Z.Z%`.
+The last line is `cached/reference 1 epoch: X.XX  3 epochs: Y.YY  patching overhead: Z.Z%  full-vocab/cached: W.WW`.
 """
 
 from __future__ import annotations
@@ -21,21 +23,26 @@ import torch
 
 from bench.extract import make_dialogs
 from latentqa.config import TrainConfig
-from latentqa.decoder import batch_loss, collate, encode_example, make_decoder, placeholder_id
+from latentqa.decoder import batch_loss, collate, encode_example, labelled_loss, make_decoder, placeholder_id, write_block
 from latentqa.dialogs import encode_dialog
 from latentqa.models import load_model
 from latentqa.residual import read_layers
 from latentqa.padding import right_pad
+from latentqa.patching import patched_block
 from latentqa.training import length_grouped_batches, make_optimizer
 from latentqa.extraction import read_batches
 
 
-def step(decoder, optimizer, batch, write_layer: int, patch: bool = True) -> None:
-    if patch:
+def step(decoder, optimizer, batch, write_layer: int, patch: bool = True, full_vocab: bool = False) -> None:
+    if full_vocab:
+        with patched_block(write_block(decoder, write_layer), batch.patch):
+            loss = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, labels=batch.labels).loss
+    elif patch:
         loss = batch_loss(decoder, batch, write_layer)
     else:
-        loss = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, labels=batch.labels).loss
+        loss = labelled_loss(decoder, batch.labels, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             position_ids=batch.position_ids)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -88,10 +95,11 @@ def main() -> None:
             else:
                 acts = [cached[kept[i]["dialog_id"]] for i in idx]
             batch = collate([examples[i] for i in idx], acts, tok.pad_token_id, device)
-            step(decoder, optimizer, batch, 0, patch=mode != "no-patch")
+            step(decoder, optimizer, batch, 0, patch=mode != "no-patch", full_vocab=mode == "full-vocab")
         return time.perf_counter() - start
 
-    t_cached, t_full, t_ref, t_nopatch = epoch("cached"), epoch("reference-full"), epoch("reference"), epoch("no-patch")
+    t_cached, t_full, t_ref, t_nopatch, t_vocab = (epoch(m) for m in ("cached", "reference-full", "reference",
+                                                                      "no-patch", "full-vocab"))
     n = len(examples)
     print(f"dialogs {len(encoded)}  examples {n}  batch {cfg.batch_size}  layer {layer}  device {device}  "
           f"threads {torch.get_num_threads()}")
@@ -100,12 +108,14 @@ def main() -> None:
     print(f"reference     {t_full:6.2f} s/epoch  {n / t_full:6.2f} ex/s  (full forward)")
     print(f"reference     {t_ref:6.2f} s/epoch  {n / t_ref:6.2f} ex/s  (early-stopped forward)")
     print(f"no-patch      {t_nopatch:6.2f} s/epoch  {n / t_nopatch:6.2f} ex/s")
+    print(f"full-vocab    {t_vocab:6.2f} s/epoch  {n / t_vocab:6.2f} ex/s  (logits at every position)")
     overhead = 100 * (t_cached - t_nopatch) / t_nopatch
     for name, t in (("early-stopped reference", t_ref), ("full-forward reference", t_full)):
         r1, r3 = (k * t / (t_extract + k * t_cached) for k in (1, 3))
         print(f"cached vs {name}: 1 epoch {r1:.2f}x, 3 epochs {r3:.2f}x")
     r1, r3 = (k * t_full / (t_extract + k * t_cached) for k in (1, 3))
-    print(f"cached/reference 1 epoch: {r1:.2f}  3 epochs: {r3:.2f}  patching overhead: {overhead:.1f}%")
+    print(f"cached/reference 1 epoch: {r1:.2f}  3 epochs: {r3:.2f}  patching overhead: {overhead:.1f}%  "
+          f"full-vocab/cached: {t_vocab / t_cached:.2f}")
 
 
 if __name__ == "__main__":

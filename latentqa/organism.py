@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentqa.decoder import IGNORE, make_decoder
+from latentqa.decoder import IGNORE, labelled_loss, make_decoder
 from latentqa.dialogs import encode, pad_id_of, render
 from latentqa.metrics import exclusive_choice
 from latentqa.padding import right_pad
@@ -183,7 +183,7 @@ def teach(organism, tokenizer, facts: list[Fact], s: TeachSettings, on_check=Non
         batch, order = [examples[i] for i in order[: s.batch_size]], order[s.batch_size:]
         ids, mask = right_pad([e[0] for e in batch], pad, device)
         labels, _ = right_pad([e[1] for e in batch], IGNORE, device)
-        loss = organism(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = labelled_loss(organism, labels, input_ids=ids, attention_mask=mask)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -101,3 +101,45 @@ def test_a_merged_adapter_reads_like_the_adapter_and_leaves_the_base_weights_exa
     assert torch.allclose(merged, plain, atol=1e-4) and not torch.equal(merged, plain)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert torch.equal(after, plain)
+
+
+def test_labelled_loss_is_the_full_vocabulary_loss_and_its_gradient(tiny):
+    """The stage's loss projects only the answer columns onto the vocabulary; loss and adapter gradients must be
+    the model's own full-logits loss, for left-padded decoder batches (patched) and right-padded lessons."""
+    from latentqa.decoder import labelled_loss, write_block
+    from latentqa.padding import right_pad
+    from latentqa.patching import patched_block
+
+    torch.manual_seed(0)
+    decoder = make_decoder(tiny.model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    for n, p in decoder.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)  # lora_B starts at zero, which would leave its gradient trivial
+    ph = placeholder_id(tiny.tokenizer, "?")
+    acts = [torch.randn(n, tiny.model.config.hidden_size) for n in (3, 6, 2)]
+    answers = ["A pirate.", "A retired lighthouse keeper who speaks in short sentences.", "Yes."]
+    left = collate([encode_example(tiny.tokenizer, len(a), "Who?", s, ph) for a, s in zip(acts, answers)], acts,
+                   tiny.tokenizer.pad_token_id, torch.device("cpu"))
+    ids, mask = right_pad([e.input_ids for e in (encode_example(tiny.tokenizer, 2, "Who?", s, ph) for s in answers)],
+                          tiny.tokenizer.pad_token_id)
+    labels, _ = right_pad([e.labels for e in (encode_example(tiny.tokenizer, 2, "Who?", s, ph) for s in answers)],
+                          IGNORE)
+    cases = [(left.labels, dict(input_ids=left.input_ids, attention_mask=left.attention_mask,
+                                position_ids=left.position_ids), left.patch),
+             (labels, dict(input_ids=ids, attention_mask=mask), None)]
+    for labels, inputs, patch in cases:
+        results = []
+        for loss_of in (lambda: decoder(**inputs, labels=labels).loss, lambda: labelled_loss(decoder, labels, **inputs)):
+            decoder.zero_grad()
+            if patch is None:
+                loss = loss_of()
+            else:
+                with patched_block(write_block(decoder, 1), patch):
+                    loss = loss_of()
+            loss.backward()
+            results.append((loss.detach(), {n: p.grad.clone() for n, p in decoder.named_parameters() if p.requires_grad}))
+        (full, full_grads), (ours, our_grads) = results
+        torch.testing.assert_close(ours, full)
+        for n in full_grads:
+            torch.testing.assert_close(our_grads[n], full_grads[n], rtol=1e-4, atol=1e-6)
+        assert any(g.abs().sum() > 0 for g in our_grads.values())
