@@ -133,11 +133,15 @@ def test_the_table_plot_and_artifacts_carry_every_cell_with_intervals(swept):
     assert store.path(result, "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
+    # Other modules' sweeps publish under the same key on this session's server: take this sweep's own run's.
+    run_id = result.flow_run_id
+    assert run_id
     with get_client(sync_client=True) as client:
-        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["scaling-sweep-demo-table"])))
-    assert table and len(json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data) == len(rows)
+        (table,) = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["scaling-sweep-demo-table"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    assert len(json.loads(table.data) if isinstance(table.data, str) else table.data) == len(rows)
 
 
 def test_the_cli_runs_a_sweep_and_a_second_run_is_all_cached(swept, capsys):
