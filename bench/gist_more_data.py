@@ -36,6 +36,13 @@ def report(when: str, f1: dict) -> None:
     print(f"{when}: {line}\n  margins over {margins}", flush=True)
 
 
+def save_decoder(net, info, folder: Path) -> None:
+    """The continued decoder in the layout `latentqa read` and the playground load: adapter/ + decoder.json."""
+    save_pretrained_atomic(net, folder / "adapter")
+    write_json_atomic(folder / "decoder.json", info.to_json())
+    print(f"continued decoder written to {folder}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="runs/release")
@@ -83,9 +90,7 @@ def main() -> None:
           flush=True)
     report("after", {**gist_f1(Scorer(net, tok, info, 64, 24), val_acts, vq, vref, labels, args.seed)[0], **fixed})
     if args.save:
-        save_pretrained_atomic(net, args.save / "adapter")
-        write_json_atomic(args.save / "decoder.json", info.to_json())
-        print(f"continued decoder written to {args.save}", flush=True)
+        save_decoder(net, info, args.save)
 
 
 if __name__ == "__main__":

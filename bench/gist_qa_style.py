@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from bench.gist_decoding import gist_f1, read_prompts, read_texts
-from bench.gist_more_data import report
+from bench.gist_more_data import report, save_decoder
 from latentqa.config import TrainConfig
 from latentqa.decoder import encode_example, load_decoder
 from latentqa.dialogs import pad_id_of
 from latentqa.evals.harness import Scorer
 from latentqa.release import NEUTRAL_STIMULI, read_behaviours, read_qa
 from latentqa.training import fit
-from storage.store import Store, save_pretrained_atomic, write_json_atomic
+from storage.store import Store
 
 
 def split_eval_labels(source: Path, share: float, seed: int) -> tuple[list[dict], list[dict], dict]:
@@ -99,9 +99,7 @@ def main() -> None:
     after = gist_f1(Scorer(net, tok, info, 64, 24), test_acts, questions, references, labels, args.seed)[0]
     report(f"after ({time.perf_counter() - start:.0f} s), n = {len(test)}", {**after, **fixed})
     if args.save:
-        save_pretrained_atomic(net, args.save / "adapter")
-        write_json_atomic(args.save / "decoder.json", info.to_json())
-        print(f"continued decoder written to {args.save}", flush=True)
+        save_decoder(net, info, args.save)
 
 
 if __name__ == "__main__":
