@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.gist_decoding import gist_f1, read_prompts, read_texts
+from bench.gist_decoding import gist_f1, pairs_of, read_prompts, read_texts
 from bench.gist_more_data import report, save_decoder
 from latentqa.config import TrainConfig
 from latentqa.decoder import encode_example, load_decoder
@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="over the learned labels' qa.json pairs")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--derived", action="store_true", help="only score the test labels asked the derived "
+                        "question against the derived description (the pair style the decoder trained on), untrained "
+                        "further: tells a decoder that does not read from references it cannot match")
     parser.add_argument("--save", type=Path, help="write the continued decoder here (adapter/ + decoder.json)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -71,9 +74,16 @@ def main() -> None:
     learn_acts, test_acts = read_prompts(net, tok, info, learn, batch_size=32), read_prompts(net, tok, info, test)
     print(f"decoder train/{train.fingerprint[:12]}: {len(learn)} eval labels to learn the style from, {len(test)} "
           f"to test on, read in {time.perf_counter() - start:.0f} s", flush=True)
+    labels = [r["label"] for r in test]
+    if args.derived:
+        questions, references = pairs_of(test)
+        start = time.perf_counter()
+        derived = gist_f1(Scorer(net, tok, info, 64, 24), test_acts, questions, references, labels, args.seed,
+                          untrained=True, texts=read_texts(tok, test))[0]
+        report(f"derived pair ({time.perf_counter() - start:.0f} s), n = {len(test)}", derived)
+        return
     questions = [qa[r["label"]][0][0] for r in test]  # the description pair, as the gist task asks it
     references = [qa[r["label"]][0][1] for r in test]
-    labels = [r["label"] for r in test]
     start = time.perf_counter()
     before = gist_f1(Scorer(net, tok, info, 64, 24), test_acts, questions, references, labels, args.seed,
                      untrained=True, texts=read_texts(tok, test))[0]
