@@ -32,14 +32,23 @@ from latentqa.evals.stats import bootstrap, paired
 from latentqa.metrics import token_f1
 from latentqa.release import NEUTRAL_STIMULI, read_behaviours, split_label
 from latentqa.residual import read_spans
+from storage.catalog import resolve
 from storage.manifest import Manifest
 from storage.parquet import read_table
 from storage.store import Store
 
 
-def release_decoder(store: Store) -> tuple[Manifest, TrainedDecoder, set[str]]:
-    """The store's newest trained decoder (float32, CPU) and the labels its import stage read."""
-    train = max((m for m in store.manifests() if m.stage == "train"), key=lambda m: m.created_at)
+def release_decoder(store: Store, ref: str | None = None) -> tuple[Manifest, TrainedDecoder, set[str]]:
+    """The store's trained decoder named by `ref` (a fingerprint prefix or a path inside its directory), else its
+    newest (float32, CPU), and the labels its import stage read."""
+    trains = [m for m in store.manifests() if m.stage == "train"]
+    if ref is None:
+        train = max(trains, key=lambda m: m.created_at)
+    else:
+        fp = resolve(store, ref)
+        (train,) = [m for m in trains if m.fingerprint == fp] or [None]
+        if train is None:
+            raise LookupError(f"{ref!r} names a stage directory of {store.root} that is not a trained decoder")
     imported = next(m for m in store.manifests() if m.stage == "import")
     labels = set(read_table(store.path(imported, "controls.parquet")).column("label").to_pylist())
     return train, load_decoder(store.path(train), dtype="float32", device="cpu"), labels

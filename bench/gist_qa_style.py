@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.gist_decoding import gist_f1, pairs_of, read_prompts, read_texts
+from bench.gist_decoding import gist_f1, pairs_of, read_prompts, read_texts, release_decoder
 from bench.gist_more_data import report, save_decoder
 from latentqa.config import TrainConfig
-from latentqa.decoder import encode_example, load_decoder
+from latentqa.decoder import encode_example
 from latentqa.dialogs import pad_id_of
 from latentqa.evals.harness import Scorer
 from latentqa.release import NEUTRAL_STIMULI, read_behaviours, read_qa
@@ -64,32 +64,35 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="write the continued decoder here (adapter/ + decoder.json)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    store = Store(args.store)
-    (train,) = [m for m in store.manifests() if m.stage == "train" and m.fingerprint.startswith(args.decoder)]
-    trained = load_decoder(store.path(train), dtype="float32", device="cpu")
+    train, trained, _ = release_decoder(Store(args.store), args.decoder)
     net, tok, info = trained.net, trained.tokenizer, trained.info
     learn, test, qa = split_eval_labels(Path(args.source), args.share, args.seed)
     assert not {r["label"] for r in learn} & {r["label"] for r in test}
     start = time.perf_counter()
-    learn_acts, test_acts = read_prompts(net, tok, info, learn, batch_size=32), read_prompts(net, tok, info, test)
-    print(f"decoder train/{train.fingerprint[:12]}: {len(learn)} eval labels to learn the style from, {len(test)} "
-          f"to test on, read in {time.perf_counter() - start:.0f} s", flush=True)
+    test_acts = read_prompts(net, tok, info, test)
+    print(f"decoder train/{train.fingerprint[:12]}: {len(test)} eval labels to test on, read in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
     labels = [r["label"] for r in test]
-    if args.derived:
-        questions, references = pairs_of(test)
+
+    def score(when: str, questions, references, untrained: bool, fixed: dict | None = None) -> dict[str, list[float]]:
+        """Token F1 per condition on the test labels, printed with `fixed` (conditions scored earlier) beside it."""
         start = time.perf_counter()
-        derived = gist_f1(Scorer(net, tok, info, 64, 24), test_acts, questions, references, labels, args.seed,
-                          untrained=True, texts=read_texts(tok, test))[0]
-        report(f"derived pair ({time.perf_counter() - start:.0f} s), n = {len(test)}", derived)
+        f1 = gist_f1(Scorer(net, tok, info, 64, 24), test_acts, questions, references, labels, args.seed,
+                     untrained=untrained, texts=read_texts(tok, test) if untrained else None)[0]
+        report(f"{when} ({time.perf_counter() - start:.0f} s), n = {len(test)}", {**f1, **(fixed or {})})
+        return f1
+
+    if args.derived:
+        score("derived pair", *pairs_of(test), untrained=True)
         return
     questions = [qa[r["label"]][0][0] for r in test]  # the description pair, as the gist task asks it
     references = [qa[r["label"]][0][1] for r in test]
-    start = time.perf_counter()
-    before = gist_f1(Scorer(net, tok, info, 64, 24), test_acts, questions, references, labels, args.seed,
-                     untrained=True, texts=read_texts(tok, test))[0]
-    report(f"before ({time.perf_counter() - start:.0f} s), n = {len(test)}", before)
-    fixed = {c: before[c] for c in ("untrained_patch", "text_only")}
+    before = score("before", questions, references, untrained=True)
+    fixed = {c: before[c] for c in ("untrained_patch", "text_only")}  # neither reads through the adapter
 
+    start = time.perf_counter()
+    learn_acts = read_prompts(net, tok, info, learn, batch_size=32)
+    print(f"{len(learn)} eval labels to learn the style from, read in {time.perf_counter() - start:.0f} s", flush=True)
     examples, acts = [], []
     for r, a in zip(learn, learn_acts):  # every qa.json pair of a learned label reads that label's activations
         for q, ans in qa[r["label"]]:
@@ -105,9 +108,7 @@ def main() -> None:
     tail = np.mean([c["loss"] for c in pos.curves[-10:]])
     print(f"{pos.step} further steps over {len(examples)} qa.json pairs at batch 8 ({time.perf_counter() - start:.0f}"
           f" s), final train loss {tail:.3f}", flush=True)
-    start = time.perf_counter()
-    after = gist_f1(Scorer(net, tok, info, 64, 24), test_acts, questions, references, labels, args.seed)[0]
-    report(f"after ({time.perf_counter() - start:.0f} s), n = {len(test)}", {**after, **fixed})
+    score("after", questions, references, untrained=False, fixed=fixed)
     if args.save:
         save_decoder(net, info, args.save)
 
