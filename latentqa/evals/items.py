@@ -1,6 +1,9 @@
 """Evaluation tasks as items with known answers (LatentQA's reading experiments, UAV's generative QA).
 
   gist            held-out description QA pairs ("What type of persona will the assistant adopt?")
+  gist_derived    each held-out control asked its family's description question, scored against the description
+                  derived from the control's own text (latentqa/describe.py: the pair style the release's
+                  training prompts come with), one item per held-out dialog
   fact            held-out implication / extractive QA pairs (scenario facts, behaviour in a situation)
   classification  "Which kind of control shapes the replies?" -> persona | goal | scenario (probe-able)
   hidden_persona  a held-out persona as the system prompt (masked); identify it among K candidates
@@ -23,7 +26,7 @@ from latentqa.dialogs import encode_dialog
 from latentqa.residual import read_spans
 
 FAMILIES = ("persona", "goal", "scenario")
-TASKS = ("gist", "fact", "classification", "hidden_persona", "hidden_goal", "relational", "organism")
+TASKS = ("gist", "gist_derived", "fact", "classification", "hidden_persona", "hidden_goal", "relational", "organism")
 HIDDEN = {"hidden_persona": "persona", "hidden_goal": "goal"}  # identification task -> the family it hides
 CLASS_QUESTION = "Is the assistant following a persona, a goal or a scenario? Answer with one word."
 
@@ -51,7 +54,9 @@ def read_text(tokenizer, item: Item) -> str:
 
 
 def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant: str) -> list[Item]:
-    """gist and fact items from the eval split's QA rows, and one classification item per dialog."""
+    """gist and fact items from the eval split's QA rows, and one classification and one gist_derived item per
+    dialog. A gist_derived reference repeats the control's own first sentence, so its token F1 rewards writing
+    out what the masked control said, in the one answer style every label shares."""
     out, encoded = [], {}
     for r in rows:
         first = r["dialog_id"] not in encoded
@@ -66,6 +71,9 @@ def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant
             out.append(Item("classification", f"{r['dialog_id']}:class", CLASS_QUESTION, r["family"], enc.token_ids,
                             enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"], choices=list(FAMILIES),
                             source=r["label"]))
+            question, answer = describe(r["family"], dialogs[r["dialog_id"]]["control_user"])
+            out.append(Item("gist_derived", f"{r['dialog_id']}:derived", question, answer, enc.token_ids,
+                            enc.n_prefix, label=r["family"], dialog_id=r["dialog_id"], source=r["label"]))
     return out
 
 

@@ -1,7 +1,9 @@
-"""The evaluate stage's hidden-prompt items: held-out personas and goals, whole blocks, an optional neutral stimulus."""
+"""The evaluate stage's items: held-out personas and goals in whole blocks, an optional neutral stimulus, and
+gist_derived, each held-out control asked to be described in its own words."""
 
 from latentqa.config import EvaluateConfig
-from latentqa.evals.items import build_items
+from latentqa.describe import PERSONA_QUESTION
+from latentqa.evals.items import build_items, heldout_items, sample_per_task
 
 TEXTS = {"persona": ["Speak as a pirate.", "Be a grumpy cat.", "Act as a cheerful chef.", "Respond as a tired knight.",
                      "Answer as a shy robot.", "Talk like a wizard.", "Play a sleepy owl."],
@@ -46,3 +48,26 @@ def test_a_neutral_stimulus_leaves_only_the_masked_system_prompt_to_tell_items_a
     assert "How was your day?" in tokenizer.decode(list(next(iter(read))))
     assert len({tuple(it.token_ids[it.n_prefix:]) for it in by_own}) == len(by_own)  # their own stimuli differ
     assert len({tuple(it.token_ids[: it.n_prefix]) for it in by_neutral}) == len(by_neutral)  # the hidden prompts
+
+
+def test_gist_derived_asks_each_held_out_dialog_once_for_its_own_masked_control(tokenizer):
+    rows, dialogs = _split()
+    rows += [{**r, "qa_id": r["qa_id"] + "-b", "kind": "implication"} for r in rows]  # a second QA row per dialog
+    items = heldout_items(rows, dialogs, tokenizer, "system")
+    derived = [it for it in items if it.task == "gist_derived"]
+    assert sorted(it.dialog_id for it in derived) == sorted(dialogs)  # one item per dialog, not per QA row
+    by_dialog = {it.dialog_id: it for it in derived}
+    pirate = by_dialog["d-persona-0"]
+    assert pirate.question == PERSONA_QUESTION
+    assert pirate.reference == "The assistant will adopt the persona of a pirate."
+    assert by_dialog["d-goal-1"].reference == "The assistant was asked: Recommend a book in every reply."
+    assert pirate.source == "persona-0"  # shuffles draw from other labels
+    read = tokenizer.decode(pirate.token_ids[pirate.n_prefix:])
+    assert "pirate" not in read and "pirate" in tokenizer.decode(pirate.token_ids)  # the control is masked, not absent
+
+
+def test_gist_derived_is_sampled_like_every_task(tokenizer):
+    rows, dialogs = _split()
+    items = sample_per_task(heldout_items(rows, dialogs, tokenizer, "system"), 4, seed=0)
+    assert {t: sum(it.task == t for it in items) for t in ("gist", "gist_derived", "classification")} == \
+        {"gist": 4, "gist_derived": 4, "classification": 4}
