@@ -6,6 +6,7 @@ import pytest
 
 from flows.pipeline import pipeline
 from latentqa.config import RunConfig
+from latentqa.describe import describe
 from storage import datasets
 from storage.catalog import lineage
 from storage.store import Store
@@ -26,7 +27,7 @@ def release_config(root, model_dir, source) -> RunConfig:
                   {"path": "history_0e4eebf/data/eval/stimulus_completion.json"}]})
     raw["extract"]["variant"] = "system"
     raw["filter"].update(eval_fraction=0.1, heldout_categories=["heldout"])
-    raw["evaluate"].update(tasks=["gist", "fact", "hidden_persona"], max_examples=8)
+    raw["evaluate"].update(tasks=["gist", "gist_derived", "fact", "hidden_persona"], max_examples=8)
     return RunConfig.model_validate(raw)
 
 
@@ -54,7 +55,13 @@ def test_the_release_trains_and_evaluates_on_labels_it_never_trained_on(prefect_
 
     metrics = pq.read_table(store.path(state.result(), "metrics.parquet")).to_pylist()
     scored = {r["item_id"] for r in metrics}
-    assert {r["task"] for r in metrics} == {"gist", "fact", "hidden_persona"}
+    assert {r["task"] for r in metrics} == {"gist", "gist_derived", "fact", "hidden_persona"}
+    derived = [r for r in metrics if r["task"] == "gist_derived" and r["condition"] == "decoder"]
+    assert derived
+    for r in derived:  # a held-out dialog described in its own hidden control's words
+        dialog = dialogs[r["item_id"].removesuffix(":derived")]
+        assert dialog["label"] in heldout
+        assert (r["question"], r["reference"]) == describe(dialog["family"], dialog["control_user"])
     persona_items = {r["item_id"] for r in metrics if r["task"] == "hidden_persona"}
     assert persona_items and persona_items <= heldout  # hidden personas: held-out labels only
     assert not {i.split(":")[0] for i in scored} & {r["label"] for r in train}
