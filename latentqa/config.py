@@ -220,7 +220,8 @@ class TrainConfig(Section):
         return self
 
 
-EvalTask = Literal["gist", "gist_derived", "fact", "classification", "hidden_persona", "hidden_goal", "relational", "organism"]
+EvalTask = Literal["gist", "gist_derived", "fact", "classification", "hidden_persona", "hidden_goal", "relational",
+                   "organism"]
 EvalControl = Literal["shuffled", "zero", "text_only", "untrained_patch", "probe"]
 
 

@@ -39,8 +39,8 @@ from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f
 from latentqa.ranking import decoder_prompts, greedy, prefill, replies, score_continuations, text_prompts
 
 CONTROLS = ("shuffled", "zero", "text_only", "untrained_patch", "probe")
-PRIMARY = {"gist": "token_f1", "gist_derived": "token_f1", "fact": "token_f1", "classification": "exact", "hidden_persona": "calibrated",
-           "hidden_goal": "calibrated", "relational": "exact", "organism": "exact"}
+PRIMARY = {"gist": "token_f1", "gist_derived": "token_f1", "fact": "token_f1", "classification": "exact",
+           "hidden_persona": "calibrated", "hidden_goal": "calibrated", "relational": "exact", "organism": "exact"}
 # conditions reported beside the decoder that are not controls: an upper bound it need not beat (the organism
 # answering its own facts directly, latentqa/evals/organism_task.py)
 CEILINGS = ("organism_direct",)
