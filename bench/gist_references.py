@@ -15,36 +15,33 @@ from __future__ import annotations
 
 import argparse
 
-from latentqa.evals.stats import bootstrap, paired
+from latentqa.evals.harness import margins, summarize
 from latentqa.metrics import token_f1
 from storage.catalog import lineage
 from storage.parquet import read_table
 from storage.store import Store
 
 
-def hidden_controls(store: Store, evaluate: str) -> dict[str, str]:
-    """{qa_id: the control text its dialog was read under}, from the dataset stage upstream of `evaluate`."""
-    for row in lineage(store, evaluate):
+def hidden_controls(store: Store, chain: list[dict]) -> dict[str, str]:
+    """{qa_id: the control text its dialog was read under}, from the dataset stage in an evaluate's lineage."""
+    for row in chain:
         d = store.root / row["dir"]
         if (d / "dialogs.parquet").is_file() and (d / "qa.parquet").is_file():
             control = {r["dialog_id"]: r["control_user"] for r in read_table(d / "dialogs.parquet").to_pylist()}
             return {r["qa_id"]: control[r["dialog_id"]] for r in read_table(d / "qa.parquet").to_pylist()}
-    raise LookupError(f"no stage upstream of {evaluate} holds dialogs.parquet and qa.parquet")
+    raise LookupError(f"no stage upstream of {chain[0]['dir']} holds dialogs.parquet and qa.parquet")
 
 
 def rescore(rows: list[dict], reference, seed: int) -> list[str]:
-    """Report lines: each condition's token F1 against reference(row), with the decoder's paired margin."""
-    f1: dict[str, dict[str, float]] = {}
-    for r in rows:
-        f1.setdefault(r["condition"], {})[r["item_id"]] = token_f1(r["generated"], reference(r))
-    decoder, out = f1["decoder"], []
-    for condition, values in f1.items():
-        ci = bootstrap(list(values.values()), seed)
-        line = f"  {condition:<16} {ci.mean:.3f} [{ci.lo:.3f}, {ci.hi:.3f}]  n = {ci.n}"
-        if condition != "decoder":
-            ids = [i for i in values if i in decoder]
-            m = paired([decoder[i] for i in ids], [values[i] for i in ids], seed)
-            line += f"   decoder's margin {m.mean:+.3f} [{m.lo:+.3f}, {m.hi:+.3f}]"
+    """Report lines: each condition's token F1 against reference(row), with the decoder's paired margin, through
+    the harness's own summary and margins."""
+    rows = [{**r, "token_f1": token_f1(r["generated"], reference(r))} for r in rows]
+    margin = {m["control"]: m for m in margins(rows, seed) if m["metric"] == "token_f1"}
+    out = []
+    for ci in (r for r in summarize(rows, seed) if r["metric"] == "token_f1"):
+        line = f"  {ci['condition']:<16} {ci['value']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]  n = {ci['n']}"
+        if m := margin.get(ci["condition"]):
+            line += f"   decoder's margin {m['margin']:+.3f} [{m['lo']:+.3f}, {m['hi']:+.3f}]"
         out.append(line)
     return out
 
@@ -57,12 +54,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     store = Store(args.store)
-    [stage] = [r for r in lineage(store, args.evaluate) if r["depth"] == 0]
+    chain = lineage(store, args.evaluate)  # the stage itself first (depth 0), then everything upstream
+    stage = chain[0]
     rows = [r for r in read_table(store.root / stage["dir"] / "metrics.parquet").to_pylist()
             if r["task"] == args.task and r["condition"] != "probe"]
     if not rows:
         raise SystemExit(f"{stage['dir']} scored no {args.task} items")
-    control = hidden_controls(store, args.evaluate)
+    control = hidden_controls(store, chain)
     print(f"{stage['dir']}: {args.task} replies against the reference they were evaluated on", flush=True)
     print("\n".join(rescore(rows, lambda r: r["reference"], args.seed)))
     print("the same replies against the text of the hidden control (masked from the decoder)")
