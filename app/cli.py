@@ -7,6 +7,7 @@
   latentqa sweep [--config FILE] [--set sweep.field=value ...]
   latentqa read --decoder DIR --prompt TEXT [--system TEXT] [--reply TEXT] --question Q [--question Q ...]
   latentqa import-latentqa [--source DIR] [--out DIR]
+  latentqa validation-set [--config FILE] [--n N] [--out DIR]
   latentqa datasets [--root DIR]
   latentqa gc --keep N [--root DIR] [--dry-run]
   latentqa up [--port N] | latentqa down      (make serve / make stop)
@@ -126,13 +127,16 @@ def print_summary(root: Path, final) -> None:
         print(f"  {row['stage']:<11} {row['fingerprint'][:12]}  {store.root / row['dir']}  {manifest.elapsed_s:.1f}s")
     print(f"\nReading evaluation ({store.root / final.dir / 'report.md'}, with n and 95% intervals): primary "
           "score per condition; 'reads' when the decoder's interval lies above every control's")
-    from latentqa.evals.harness import PRIMARY
+    from latentqa.evals.harness import GENERATIVE, PRIMARY
 
-    reads = final.summary.get("reads", {})
+    verdicts = {PRIMARY: final.summary.get("reads", {}), GENERATIVE: final.summary.get("reads_generative", {})}
     for task, conditions in final.summary["scores"].items():
-        metric = PRIMARY[task]
-        cells = "  ".join(f"{c} {m[metric]:.3f}" for c, m in conditions.items() if metric in m)
-        print(f"  {task:<15} {metric:<15} {cells}  reads: {'yes' if reads.get(task) else 'no'}")
+        for metric_of, reads in verdicts.items():
+            if task not in metric_of:
+                continue
+            metric = metric_of[task]
+            cells = "  ".join(f"{c} {m[metric]:.3f}" for c, m in conditions.items() if metric in m)
+            print(f"  {task:<19} {metric:<11} {cells}  reads: {'yes' if reads.get(task) else 'no'}")
 
 
 def _store_root(ref: str, root: Path | None) -> Path:
@@ -214,6 +218,35 @@ def cmd_import(args) -> int:
     print(f"  hidden personas: --set evaluate.hidden_persona_file={args.out}/hidden_persona.parquet")
     print(f"  catalog:         --set 'catalog.paths=[{args.out}/catalog/persona.yaml]' --set catalog.builtin=false")
     print(f"  steering:        --set steer.control={args.out}/steering/<name>.yaml")
+    return 0
+
+
+def cmd_validation_set(args) -> int:
+    """Hidden personas and goals of the release's training files that the config's decoder never trained on."""
+    from latentqa.config import ConfigError
+    from latentqa.release import ReleaseError, validation_prompts
+    from storage.imports import PERSONA_TABLE
+    from storage.parquet import write_table
+
+    try:
+        cfg = load_run_config(args.config, args.set)
+        if cfg.release is None:
+            raise ConfigError(f"{args.config}: no `release` section: validation prompts are the release's "
+                              "training-file labels its max_labels sample left out")
+        prompts = validation_prompts(cfg.release.source, [(f.path, f.heldout) for f in cfg.release.files],
+                                     cfg.release.max_labels, cfg.release.seed, args.n)
+    except (ConfigError, ReleaseError) as err:
+        print(f"validation-set: {err}", file=sys.stderr)
+        return 2
+    if not prompts:
+        print(f"validation-set: {args.config}: its max_labels sample leaves no training-file label out",
+              file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for family, rows in sorted(prompts.items()):
+        path = args.out / f"validation_{family}.parquet"
+        write_table(path, rows, PERSONA_TABLE)
+        print(f"{len(rows)} {family}s never trained on: --set evaluate.hidden_{family}_file={path}")
     return 0
 
 
@@ -345,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--source", type=Path, default=Path("../shared/latentqa_data"))
     imp.add_argument("--out", type=Path, default=Path("runs/latentqa-release"))
     imp.set_defaults(fn=cmd_import)
+    val = sub.add_parser("validation-set", help="hidden personas and goals of a release config's training files "
+                         "that its decoder never trained on: choose evaluate settings on these, not on the test set")
+    val.add_argument("--config", type=Path, default=Path("configs/release.yaml"))
+    val.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    val.add_argument("--n", type=int, default=100, help="prompts per family (a seeded sample)")
+    val.add_argument("--out", type=Path, default=Path("runs/validation"))
+    val.set_defaults(fn=cmd_validation_set)
     dsets = sub.add_parser("datasets", help="list every dataset's versions and its latest one")
     dsets.add_argument("--root", type=Path, default=Path("runs/demo"))
     dsets.set_defaults(fn=cmd_datasets)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from latentqa.cards import score_rows
 from latentqa.decoder import DecoderInfo
+from latentqa.evals.harness import DECODINGS
 from latentqa.playground import CONDITIONS, Playground, PlaygroundError
 from storage import export, outputs
 from storage.manifest import Manifest
@@ -102,7 +103,7 @@ def build(root: Path):
         except (PlaygroundError, StoreError) as err:
             return f"**Cannot use this decoder:** {err}", None
 
-    def ask(rel, system, prompt, reply, layer, questions, references, progress=gr.Progress()):
+    def ask(rel, system, prompt, reply, layer, questions, references, candidates, decoding, progress=gr.Progress()):
         try:
             progress(0.1, desc="loading the decoder")
             pg = decoders.get(rel)
@@ -110,16 +111,21 @@ def build(root: Path):
             progress(0.3, desc="reading the dialog and answering")
             readings = pg.ask_all(questions.splitlines(), prompt, system or "", reply or "",
                                   references.splitlines() if references else None,
-                                  None if layer in (None, "") else int(layer), other)
+                                  None if layer in (None, "") else int(layer), other,
+                                  candidates=candidates.splitlines() if candidates else None,
+                                  decoding=decoding or "greedy")
             given = pg.given(prompt, system or "", reply or "")
         except PlaygroundError as err:
-            return f"**Cannot read this:** {err}", None, None
+            return f"**Cannot read this:** {err}", None, None, None
         table = [[r.question if c == CONDITIONS[0] else "", c, r.answers[c],
                   f"{r.losses[c]:.3f}" if r.losses else ""] for r in readings for c in CONDITIONS if c in r.answers]
+        ranking = [[r.question if c == CONDITIONS[0] else "", c,
+                    " > ".join(f"{cand} ({score:+.3f})" for cand, score in r.ranking[c])]
+                   for r in readings if r.ranking for c in CONDITIONS if c in r.ranking]
         note = (f"Answered {len(readings)} question(s) reading layer {readings[0].layer}. "
                 + (f"`shuffled` read the stored dialog `{other['dialog_id']}`." if other
                    else "No stored dialog for the shuffled control."))
-        return note, given.spans(), table
+        return note, given.spans(), table, ranking or None
 
     def show_report(rel):
         if not rel:
@@ -150,19 +156,30 @@ def build(root: Path):
                                        value="What persona is the assistant adopting?")
                 references = gr.Textbox(label="Reference answers, one per line (optional: adds each "
                                         "condition's loss)", lines=3)
+                candidates = gr.Textbox(label="Candidate answers, one per line (optional: each condition ranks "
+                                        "them)", lines=3)
+            with gr.Row():
                 first = choices[0][1] if choices else None
                 layer = gr.Number(label="Read layer", precision=0, value=decoders.read_layer(first) if first else None)
+                decoding = gr.Dropdown(choices=list(DECODINGS), value="greedy", label="Decoding (greedy, "
+                                       "contrastive, or rerank: the answer the activations make most likely "
+                                       "against zeros)")
             go = gr.Button("Ask", variant="primary")
             message = gr.Markdown(elem_id="message")
             answers = gr.Dataframe(headers=["question", "condition", "answer", "loss of the reference"],
                                    label="Answers: the decoder and its controls", wrap=True, elem_id="answers",
                                    column_widths=["22%", "12%", "56%", "10%"], interactive=False)
+            ranking = gr.Dataframe(headers=["question", "condition", "candidates, best first (loss minus "
+                                            "the loss under zero activations; raw loss for text_only)"],
+                                   label="What each condition ranks", wrap=True, elem_id="ranking",
+                                   column_widths=["22%", "12%", "66%"], interactive=False)
             tokens = gr.HighlightedText(label="What the decoder was given, token by token: masked (the control) "
                                         "and read", color_map={"masked": "#bbbbbb", "read": "#4caf50"},
                                         show_inline_category=False, show_legend=True)
             decoder.change(describe, decoder, [about, layer])
             page.load(describe, decoder, [about, layer])
-            go.click(ask, [decoder, system, prompt, reply, layer, questions, references], [message, tokens, answers])
+            go.click(ask, [decoder, system, prompt, reply, layer, questions, references, candidates, decoding],
+                     [message, tokens, answers, ranking])
         with gr.Tab("Reports"):
             reports = decoders.reports()
             pick = gr.Dropdown(choices=reports, value=reports[0][1] if reports else None,

@@ -120,7 +120,8 @@ def main() -> None:
           f"unseen training-file labels; token F1 against the derived description", flush=True)
     for a in [float(x) for x in args.contrast.split(",")]:
         start = time.perf_counter()
-        f1, replies = gist_f1(Scorer(net, tok, info, 64, args.max_new_tokens, contrast=a), acts, questions,
+        f1, replies = gist_f1(Scorer(net, tok, info, 64, args.max_new_tokens, decoding="contrastive" if a > 0 else "greedy",
+                                    contrast=a or 1.0), acts, questions,
                               references, [r["label"] for r in rows], args.seed, untrained=True,
                               texts=read_texts(tok, rows) if args.text_only else None)
         line = "  ".join(f"{c} {bootstrap(v, 0)}" for c, v in f1.items())

@@ -220,8 +220,8 @@ class TrainConfig(Section):
         return self
 
 
-EvalTask = Literal["gist", "gist_derived", "fact", "classification", "hidden_persona", "hidden_goal", "relational",
-                   "organism"]
+EvalTask = Literal["gist", "gist_derived", "fact", "classification", "hidden_persona", "hidden_goal",
+                   "hidden_persona_hard", "hidden_goal_hard", "relational", "organism"]
 EvalControl = Literal["shuffled", "zero", "text_only", "untrained_patch", "probe"]
 
 
@@ -237,6 +237,8 @@ class EvaluateConfig(Section):
     hidden_persona_file: Path | None = Field(None, description="hidden personas from a table (label, text, "
                                              "stimulus_user), e.g. the LatentQA release via `latentqa "
                                              "import-latentqa`; default: the held-out personas of the split")
+    hidden_goal_file: Path | None = Field(None, description="hidden goals from a table of the same columns; "
+                                          "default: the held-out goals of the split")
     hidden_stimulus: str | None = Field(None, min_length=1, description="one user message for every hidden "
                                         "persona and goal instead of each one's own (a neutral one: then only the "
                                         "masked system prompt tells the items' activations apart, and a reader of "
@@ -244,15 +246,23 @@ class EvaluateConfig(Section):
     judge: bool = Field(False, description="also score answers with an LLM judge through the endpoint section "
                         "(the same OpenAI-compatible client as synthesis; replies cached in requests.sqlite)")
     max_new_tokens: int = Field(32, gt=0)
+    decoding: Literal["greedy", "contrastive", "rerank"] = Field(
+        "greedy", description="how every patched condition writes its answer (latentqa/ranking.py): greedy; "
+        "contrastive, each token scored against the same prompt with zero activations (weight `contrast`); rerank, "
+        "the greedy answer and `rerank_samples` sampled ones, keeping the one whose loss the activations lower "
+        "most against zero activations. The text-only reader always answers greedily")
+    contrast: float = Field(1.0, gt=0, description="contrastive decoding's weight a: (1+a) log p - a log p_zero")
+    rerank_samples: int = Field(8, ge=1, description="answers sampled per prompt for rerank")
+    rerank_temperature: float = Field(1.0, gt=0, description="the sampling temperature of rerank")
     max_examples: int | None = Field(None, gt=0, description="at most this many items per task (seeded sample)")
     batch_size: int = Field(8, gt=0)
     seed: int = 0
 
-    @field_validator("hidden_persona_file")
+    @field_validator("hidden_persona_file", "hidden_goal_file")
     @classmethod
-    def _persona_file_exists(cls, path: Path | None) -> Path | None:
+    def _hidden_file_exists(cls, path: Path | None, info) -> Path | None:
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"evaluate.hidden_persona_file {path} not found (make it with latentqa import-latentqa)")
+            raise ValueError(f"evaluate.{info.field_name} {path} not found (make it with latentqa import-latentqa)")
         return path
 
 

@@ -62,3 +62,39 @@ def exclusive_choice(prediction: str, reference: str, choices: list[str]) -> flo
     option is not a classification)."""
     named = [c for c in choices if contains_answer(prediction, c)]
     return float(named == [reference])
+
+
+# Function words and the description template's own words ("The assistant will adopt the persona of ...", "The
+# assistant was asked: ..."): every candidate of a block shares them, so only content can tell candidates apart.
+STOPWORDS = frozenset("""
+a an the of to in on at for from by with without about as into onto over under than then that this these those
+and or but nor so if because while who whom whose which what when where why how all any each every some no not
+is are was were be been being am do does did done have has had having will would shall should can could may might
+must it its they them their there here he him his she her we us our you your i me my mine yours
+assistant persona adopt adopts adopted asked asks role character will
+""".split())
+
+
+def content_words(text: str) -> list[str]:
+    """SQuAD-normalised tokens less function words and the description template's words."""
+    return [t for t in normalize_tokens(text) if t not in STOPWORDS]
+
+
+def content_f1(prediction: str, reference: str) -> float:
+    """Token F1 over content words only (0.0 when either side has none: nothing to match on)."""
+    pred, ref = Counter(content_words(prediction)), Counter(content_words(reference))
+    common = sum((pred & ref).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / sum(pred.values()), common / sum(ref.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def matched_candidate(answer: str, candidates: list[str]) -> int | None:
+    """The index of the candidate an open answer describes, by content-word F1: the one that matches strictly
+    best; None on a tie for best (an answer that matches two candidates alike, or none at all, names neither)."""
+    scores = [content_f1(answer, c) for c in candidates]
+    best = max(scores, default=0.0)
+    if best <= 0.0 or scores.count(best) > 1:
+        return None
+    return scores.index(best)

@@ -52,18 +52,19 @@ def check_inputs(cfg: RunConfig) -> None:
         if not load_controls(paths, cfg.catalog.families):
             raise ValueError(f"catalog.families={cfg.catalog.families} selects no controls from "
                              f"{[str(p) for p in paths]}")
-    if cfg.evaluate.hidden_persona_file is not None:
-        check_persona_table(Path(cfg.evaluate.hidden_persona_file))
+    for field in ("hidden_persona_file", "hidden_goal_file"):
+        if (path := getattr(cfg.evaluate, field)) is not None:
+            check_persona_table(Path(path), field)
     control_pairs(cfg.steer)
 
 
-def check_persona_table(path: Path) -> None:
+def check_persona_table(path: Path, field: str = "hidden_persona_file") -> None:
     import pyarrow.parquet as pq
 
     try:
         names = pq.read_schema(path).names
     except Exception as err:  # pyarrow's errors for a file that is not Parquet vary by version
-        raise ValueError(f"evaluate.hidden_persona_file {path}: not a Parquet table ({err})") from None
+        raise ValueError(f"evaluate.{field} {path}: not a Parquet table ({err})") from None
     missing = {"label", "text"} - set(names)
     if missing:
-        raise ValueError(f"evaluate.hidden_persona_file {path}: columns {sorted(missing)} missing (has {names})")
+        raise ValueError(f"evaluate.{field} {path}: columns {sorted(missing)} missing (has {names})")

@@ -102,6 +102,15 @@ The model answered: "{answer}"
 Does the model's answer state the same thing as the reference (wording may differ)? Reply as JSON:
 {{"score": 1}} if it does, {{"score": 0}} if it does not."""
 
+JUDGE_PICK = """A model was asked: "{question}"
+The model answered: "{answer}"
+
+Which of these descriptions does the model's answer describe?
+{listed}
+
+Reply as JSON: {{"choice": N}} with the number of the description the answer matches best, or {{"choice": 0}} if
+it matches none of them, or several equally."""
+
 SCHEMA_HINT = "\n\nThe JSON must match this schema:\n{schema}"
 RETRY = "Your previous reply was not valid: {error}. Reply again with JSON that matches the schema exactly."
 
@@ -128,6 +137,12 @@ def answers_messages(control: str, questions: list[str], max_chars: int, family:
 
 def judge_messages(question: str, reference: str, answer: str) -> list[dict]:
     text = JUDGE.format(question=question, reference=reference, answer=answer)
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def judge_pick_messages(question: str, candidates: list[str], answer: str) -> list[dict]:
+    listed = "\n".join(f"{i}. {c}" for i, c in enumerate(candidates, 1))
+    text = JUDGE_PICK.format(question=question, answer=answer, listed=listed)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 

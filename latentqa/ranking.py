@@ -97,7 +97,8 @@ def score_continuations(model, pre: Prefill, continuations: list[list[list[int]]
 
 @torch.no_grad()
 def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int, null: Prefill | None = None,
-           contrast: float = 0.0, plausible: float = 0.1) -> list[list[int]]:
+           contrast: float = 0.0, plausible: float = 0.1, temperature: float = 0.0,
+           generator: torch.Generator | None = None) -> list[list[int]]:
     """Greedy token ids after each prompt, up to and including its end-of-sequence token. A row that ends leaves
     the batch, so later steps cost only the rows still writing. Consumes `pre.cache` (and `null.cache`).
 
@@ -105,7 +106,10 @@ def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int, null: Prefill 
     maximises (1 + a) log p(t | prompt) - a log p(t | null prompt) among the tokens whose p(t | prompt) is at
     least `plausible` times the most likely one's: contrastive (context-aware) decoding, Li et al. 2023 and Shi
     et al. 2024. A decoder that has learned a strong answer prior writes the same generic answer whatever it
-    reads; this keeps what the activations changed and drops what it would have said anyway."""
+    reads; this keeps what the activations changed and drops what it would have said anyway.
+
+    With `temperature` > 0 each token is sampled from the softmax at that temperature instead (with `generator`,
+    reproducibly): the candidates of `rerank`."""
     rows = pre.mask.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
     if max_new_tokens <= 0:
@@ -115,7 +119,13 @@ def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int, null: Prefill 
     cache, mask, position = pre.cache, pre.mask, pre.positions[:, -1:]
     if contrasting:
         null_cache, null_mask, null_position = null.cache, null.mask, null.positions[:, -1:]
-    token = _choose(pre.last_logits, null.last_logits if contrasting else None, contrast, plausible)
+    def choose(logits, null_logits):
+        if temperature > 0:
+            probs = (logits.float() / temperature).softmax(-1)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return _choose(logits, null_logits, contrast, plausible)
+
+    token = choose(pre.last_logits, null.last_logits if contrasting else None)
     for step in range(max_new_tokens):
         for r, t in zip(alive.tolist(), token.tolist()):
             out[r].append(t)
@@ -138,8 +148,43 @@ def greedy(model, pre: Prefill, max_new_tokens: int, eos_id: int, null: Prefill 
             null_position = null_position + 1
             null_logits = model(input_ids=token[:, None], attention_mask=null_mask, position_ids=null_position,
                                 cache=null_cache).logits[:, -1]
-        token = _choose(logits[:, -1], null_logits, contrast, plausible)
+        token = choose(logits[:, -1], null_logits)
     return out
+
+
+def repeated(pre: Prefill, idx: list[int]) -> Prefill:
+    """The prefill of the rows `idx` (repeats allowed), leaving `pre` as it was: a cache to decode from."""
+    return Prefill(rows_of(pre.cache, idx), pre.last_logits[idx], pre.mask[idx], pre.positions[idx])
+
+
+@torch.no_grad()
+def rerank(model, pre: Prefill, null: Prefill, max_new_tokens: int, eos_id: int, pad_id: int, samples: int,
+           temperature: float, generator: torch.Generator, max_rows: int = 32, plausible: float = 0.1) -> list[list[int]]:
+    """Per prompt, the answer whose loss the prompt's activations lower most against `null` (the same prompt
+    read with zero activations), among its greedy answer and `samples` sampled ones: what the decoder says
+    because of what it reads, not what it would say anyway. The ranking signal of calibrated identification
+    (a description's loss under the activations relative to its loss without them) used to choose what is said.
+    Only plausible answers compete: those whose mean token loss under the prompt is within log(1/`plausible`)
+    of the lowest one's, as contrastive decoding keeps only plausible tokens (a sample of noise is unlikely
+    under both prompts, and the difference of two large losses says nothing). A tie (as under zero
+    activations, where both losses agree) keeps the greedy answer. `pre` and `null` are left as they were."""
+    rows = pre.mask.shape[0]
+    chosen: list[list[int]] = []
+    per = max(1, max_rows // (samples + 1))  # prompts decoded together: each brings samples + 1 rows of cache
+    for start in range(0, rows, per):
+        idx = list(range(start, min(rows, start + per)))
+        first = greedy(model, repeated(pre, idx), max_new_tokens, eos_id)
+        drawn = greedy(model, repeated(pre, [i for i in idx for _ in range(samples)]), max_new_tokens, eos_id,
+                       temperature=temperature, generator=generator)
+        options = [[list(o) for o in dict.fromkeys(map(tuple, [first[j], *drawn[j * samples: (j + 1) * samples]]))]
+                   for j in range(len(idx))]
+        own = score_continuations(model, repeated(pre, idx), options, pad_id, max_rows)
+        base = score_continuations(model, repeated(null, idx), options, pad_id, max_rows)
+        for opts, o, b in zip(options, own, base):
+            floor = min(o) - math.log(plausible)
+            gain = [x - y if y <= floor else -math.inf for x, y in zip(b, o)]
+            chosen.append(opts[max(range(len(opts)), key=lambda k: (gain[k], -k))])
+    return chosen
 
 
 def _choose(logits: torch.Tensor, null_logits: torch.Tensor | None, contrast: float, plausible: float) -> torch.Tensor:

@@ -212,6 +212,31 @@ def release_dataset(source: Path, files: list[tuple[str, bool]], qa_files: list[
     return data
 
 
+def validation_prompts(source: Path, files: list[tuple[str, bool]], max_labels: int | None, seed: int = 0,
+                       per_family: int | None = None) -> dict[str, list[dict]]:
+    """{family: [{label, text, stimulus_user}]} of the system-prompt labels of the training files (not held out)
+    that `release_dataset`'s `max_labels` sample left out: prompts of the training distribution that no decoder
+    trained on that sample has seen, to choose settings on without touching the test labels. Each gets a neutral
+    user turn (seeded), as `stimulus: neutral` gives the training dialogs; at most `per_family` of each family,
+    a seeded sample."""
+    source, out = Path(source), {}
+    for rel, held in files:
+        rows = read_behaviours(source / rel)
+        if held or max_labels is None or len(rows) <= max_labels or rows[0]["variant"] != "system":
+            continue
+        used = {r["label"] for r in random.Random(f"{seed}:{rel}").sample(rows, max_labels)}
+        for r in rows:
+            if r["label"] not in used and family_of(r["label"]) in ("persona", "goal"):
+                out.setdefault(family_of(r["label"]), []).append({"label": r["label"], "text": r["control_user"]})
+    rng = random.Random(f"{seed}:validation")
+    for family, rows in out.items():
+        if per_family is not None and len(rows) > per_family:
+            out[family] = rows = sorted(rng.sample(rows, per_family), key=lambda r: r["label"])
+        for r in rows:
+            r["stimulus_user"] = rng.choice(NEUTRAL_STIMULI)
+    return out
+
+
 def behaviour_files(source: Path) -> list[tuple[str, bool]]:
     """Every behaviour file of a release folder (relative path, held out?): data/train/*, data/eval/* (held out)
     and the paper-era history_*/data/eval/* (held out)."""

@@ -52,6 +52,12 @@ def judge_reply() -> type[Reply]:
     return create_model("JudgeReply", __base__=Reply, score=(int, Field(ge=0, le=1)))
 
 
+@lru_cache(maxsize=16)
+def judge_choice(k: int) -> type[Reply]:
+    """The number (1..k) of the candidate an answer describes, 0 for none."""
+    return create_model(f"JudgeChoice{k}", __base__=Reply, choice=(int, Field(ge=0, le=k)))
+
+
 @lru_cache(maxsize=64)
 def json_schema(model: type[Reply]) -> dict[str, Any]:
     return model.model_json_schema()

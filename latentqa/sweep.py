@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from latentqa.config import RunConfig
-from latentqa.evals.harness import PRIMARY
+from latentqa.evals.harness import GENERATIVE, PRIMARY
 
 
 def layer_at(relative_depth: float, n_blocks: int) -> int:
@@ -50,9 +50,15 @@ SWEEP_COLUMNS = ("model", "fraction", "n_train_examples", "task", "condition", "
 
 
 def cell_rows(model: str, fraction: float, n_train_examples: int, summary: list[dict]) -> list[dict]:
-    """One evaluation's primary scores (every condition, with n and interval) as rows of the sweep table."""
+    """One evaluation's primary scores, and on identification tasks its generative identification too (every
+    condition, with n and interval), as rows of the sweep table."""
     return [{"model": model, "fraction": fraction, "n_train_examples": n_train_examples, **{k: r[k] for k in SWEEP_COLUMNS[3:]}}
-            for r in summary if r["metric"] == PRIMARY[r["task"]]]
+            for r in summary if r["metric"] in (PRIMARY[r["task"]], GENERATIVE.get(r["task"]))]
+
+
+def panels(rows: list[dict]) -> list[tuple[str, str]]:
+    """The (task, metric) pairs of the sweep's rows, in their order: one table and one plot panel each."""
+    return list(dict.fromkeys((r["task"], r["metric"]) for r in rows))
 
 
 def markdown(rows: list[dict], models: list[str]) -> str:
@@ -61,10 +67,10 @@ def markdown(rows: list[dict], models: list[str]) -> str:
              "One decoder per model and share of the training labels (nested shares; the same held-out labels in "
              "every cell), each evaluated alike: primary score, mean over n items with a seeded 95% bootstrap "
              "interval.", ""]
-    for task in dict.fromkeys(r["task"] for r in rows):
-        of_task = [r for r in rows if r["task"] == task]
+    for task, metric in panels(rows):
+        of_task = [r for r in rows if (r["task"], r["metric"]) == (task, metric)]
         conditions = list(dict.fromkeys(r["condition"] for r in of_task))
-        lines += [f"## {task} ({of_task[0]['metric']}, n = {of_task[0]['n']})", "",
+        lines += [f"## {task} ({metric}, n = {of_task[0]['n']})", "",
                   "| model | fraction | training examples | " + " | ".join(conditions) + " |",
                   "|---|---|---|" + "---|" * len(conditions)]
         cells = sorted({(r["model"], r["fraction"], r["n_train_examples"]) for r in of_task},

@@ -33,7 +33,8 @@ METRICS = pa.schema([
     ("task", pa.string()), ("item_id", pa.string()), ("condition", pa.string()), ("question", pa.string()),
     ("reference", pa.string()), ("generated", pa.string()), ("rouge_l", pa.float64()), ("token_f1", pa.float64()),
     ("exact", pa.float64()), ("loss", pa.float64()), ("identified", pa.bool_()), ("calibrated", pa.bool_()),
-    ("attributed", pa.bool_()), ("judge", pa.float64()),
+    ("attributed", pa.bool_()), ("generative", pa.bool_()), ("judge", pa.float64()),
+    ("judge_generative", pa.bool_()),
     ("k", pa.int32()),
 ])
 STEER_RESULTS = pa.schema([

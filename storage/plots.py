@@ -57,22 +57,23 @@ def plot_bars(groups: dict[str, dict[str, float | tuple[float, float, float]]], 
 
 
 def plot_scaling(rows: list[dict], models: list[str], path: Path) -> None:
-    """The scaling sweep: per task, the primary score against training examples (log x), one solid line per
-    model for the decoder with its 95% intervals, and that model's controls as dashed lines."""
+    """The scaling sweep: per task and metric (its primary one, and generative identification where there is
+    one), the score against training examples (log x), one solid line per model for the decoder with its 95%
+    intervals, and that model's controls as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    tasks = list(dict.fromkeys((r["task"], r["metric"]) for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 4.2), dpi=100, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1))]
     # one line style per condition across every panel, so a style means the same control everywhere
     controls = [c for c in dict.fromkeys(r["condition"] for r in rows) if c != "decoder"]
     for ax, task in zip(axes[0], tasks):
-        of_task = [r for r in rows if r["task"] == task]
+        of_task = [r for r in rows if (r["task"], r["metric"]) == task]
         for m, model in enumerate(models):
             for condition in ["decoder", *controls]:
                 line = sorted((r for r in of_task if r["model"] == model and r["condition"] == condition),
@@ -93,9 +94,9 @@ def plot_scaling(rows: list[dict], models: list[str], path: Path) -> None:
         ax.set_xticks(ticks, [f"{t:,}" for t in ticks], fontsize=7)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training examples (log)")
-        ax.set_title(f"{task} ({of_task[0]['metric']}, n={of_task[0]['n']})", fontsize=9)
+        ax.set_title(f"{task[0]} ({task[1]}, n={of_task[0]['n']})", fontsize=9)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-    axes[0][0].set_ylabel("primary score")
+    axes[0][0].set_ylabel("score")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -24,10 +24,10 @@ from typing import Any, Callable
 from latentqa.config import EndpointConfig, EvaluateConfig, ModelConfig
 from latentqa.decoder import load_decoder
 from latentqa.dialogs import pad_id_of
-from latentqa.evals.harness import Scorer, margins, score_items, summarize, verdicts
+from latentqa.evals.harness import GENERATIVE, Scorer, margins, score_items, summarize, verdicts
 from latentqa.evals.items import TASKS, Item, build_items, read_fresh, sample_per_task
 from latentqa.evals.organism_task import organism_items, score_organism
-from latentqa.evals.judge import judge_rows
+from latentqa.evals.judge import judge_picks, judge_rows
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.report import markdown, pivot, primary_scores
 from latentqa.models import model_identity
@@ -43,16 +43,17 @@ from tasks._llm import endpoint_client
 from tasks._stage import Made, stage_task
 from tasks._ui import Progress, logger
 
-STAGE, VERSION = "evaluate", 5  # 5: identification in blocks of K, calibrated (primary) and attribution
+STAGE, VERSION = "evaluate", 6  # 6: generative identification (metrics.parquet's `generative`), hard blocks, decoding
 
 
 def fingerprint_of(p: dict[str, Any]) -> str:
     cfg: EvaluateConfig = p["cfg"]
-    personas = [file_sha256(cfg.hidden_persona_file)] if cfg.hidden_persona_file else []  # a file by its bytes
+    # a table of hidden prompts by its bytes
+    hidden = [file_sha256(path) for path in (cfg.hidden_persona_file, cfg.hidden_goal_file) if path]
     judge = [p["endpoint"]] if cfg.judge and p.get("endpoint") else []
     weights = model_identity(p["model"].name, p["model"].revision)
     organism = [p["organism"].fingerprint] if p.get("organism") else []
-    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], weights, *personas, *judge],
+    return fingerprint(STAGE, VERSION, sections=[cfg, p["model"], weights, *hidden, *judge],
                        inputs=[p["decoder"].fingerprint, p["split"].fingerprint, p["acts"].fingerprint,
                                p["synth"].fingerprint, *organism])
 
@@ -102,38 +103,42 @@ def evaluate(out: StageDir, cfg: EvaluateConfig, model: ModelConfig, decoder: Ma
     reader = activation_reader(store, acts)
     dialogs = {d["dialog_id"]: d for d in outputs.dialogs(store, synth)}
     split_rows = outputs.split_rows(store, split, "eval")
-    personas = read_table(cfg.hidden_persona_file).to_pylist() if cfg.hidden_persona_file else None
-    stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant, personas)
+    hidden = {family: read_table(path).to_pylist() for family, path in
+              (("persona", cfg.hidden_persona_file), ("goal", cfg.hidden_goal_file)) if path}
+    stored, fresh = build_items(cfg, tok, split_rows, dialogs, reader, info.read_layer, info.variant, hidden)
     with net.disable_adapter():  # the target is the untrained model
         read_fresh(net, fresh, info.read_layer, pad_id_of(tok), cfg.batch_size)
     probe = train_probe(store, split, reader, info.read_layer, cfg.seed) if "probe" in cfg.controls else None
     items = sorted(stored + fresh, key=lambda it: TASKS.index(it.task))  # the report's task order
     taught = organism_read(store, organism, cfg, tok) if "organism" in cfg.tasks else []
-    scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items + taught, cfg.controls))
+    scorer = Scorer(net, tok, info, cfg.batch_size, cfg.max_new_tokens, scoring_progress(items + taught, cfg.controls),
+                    cfg.decoding, cfg.contrast, cfg.rerank_samples, cfg.rerank_temperature, cfg.seed)
     rows = score_items(scorer, items, cfg.controls, cfg.seed, probe)
     if taught:
         subject = load_organism(outputs.organism_adapter(store, organism), model.name, model.revision, model.dtype,
                                 model.device)
         rows += score_organism(scorer, subject, taught, cfg.controls, info.read_layer, pad_id_of(tok), cfg.seed)
         items += taught
-    scores = [None] * len(rows)
+    scores, picks = [None] * len(rows), [None] * len(rows)
     if cfg.judge:
+        candidates = {(it.task, it.item_id): it.candidates for it in items if it.candidates}
         with endpoint_client(endpoint, store) as llm:
             scores = judge_rows(llm, rows)
-    for r, score in zip(rows, scores):
-        r["judge"] = score
+            picks = judge_picks(llm, rows, candidates, cfg.seed) if candidates else picks
+    for r, score, pick in zip(rows, scores, picks):
+        r["judge"], r["judge_generative"] = score, pick
     summary, margin = summarize(rows, cfg.seed), margins(rows, cfg.seed)
-    reads = verdicts(summary)
+    reads, says = verdicts(summary), verdicts(summary, GENERATIVE)
     n = write_table(out.file("metrics.parquet"), rows, METRICS)
     write_table(out.file("summary.parquet"), summary, SUMMARY)
     write_table(out.file("margins.parquet"), margin, MARGINS)
-    out.write_text("report.md", markdown(summary, margin, reads, rows))
+    out.write_text("report.md", markdown(summary, margin, reads, rows, says, cfg.decoding))
     plot_bars(primary_scores(summary), out.file("scores.png"), ylabel="primary score")
     by_task = pivot(summary)
     logger().info("evaluate: %s", {t: c.get("decoder") for t, c in by_task.items()})
     tasks = [t for t in TASKS if any(it.task == t for it in items)]
     return Made(rows={"metrics.parquet": n, "summary.parquet": len(summary), "margins.parquet": len(margin)},
                 counts={"n_items": len(items), **{f"n_{t}": sum(it.task == t for it in items) for t in tasks}},
-                summary={"scores": by_task, "reads": reads},
+                summary={"scores": by_task, "reads": reads, "reads_generative": says, "decoding": cfg.decoding},
                 figures={f"{r['task']}/{r['condition']}/{r['metric']}": r["value"] for r in summary},
                 images={"scores.png": "decoder vs controls per task"})

@@ -16,6 +16,10 @@ always a miss, so a condition that scores every candidate alike is never credite
                   activations, the confound of READING_SPIKE.md, and how easy an item's activations make every
                   answer)
   attribution     the description's loss is lowest under its own item's activations among the block's K
+  generative      what the decoder says, scored as the paper scores it: its reply, matched to each of the
+                  block's K candidates by content-word F1 (latentqa.metrics.matched_candidate), matches the true
+                  description strictly best (a tie, or no content word shared with any, is a miss: chance is at
+                  most 1/K)
 Every score comes with n and a seeded 95% bootstrap interval, and each margin over a control with a paired one
 (latentqa/evals/stats.py).
 """
@@ -29,18 +33,23 @@ import time
 from typing import Callable
 
 import numpy as np
+import torch
 
 from latentqa.decoder import merged_adapter
 from latentqa.dialogs import pad_id_of
 from latentqa.evals.items import Item, read_text
 from latentqa.evals.probe import Probe, mean_pool
 from latentqa.evals.stats import Interval, bootstrap, paired, reads
-from latentqa.metrics import contains_answer, exclusive_choice, rouge_l, token_f1
-from latentqa.ranking import decoder_prompts, greedy, prefill, replies, score_continuations, text_prompts
+from latentqa.metrics import contains_answer, exclusive_choice, matched_candidate, rouge_l, token_f1
+from latentqa.ranking import decoder_prompts, greedy, prefill, replies, rerank, score_continuations, text_prompts
 
 CONTROLS = ("shuffled", "zero", "text_only", "untrained_patch", "probe")
+IDENTIFICATION = ("hidden_persona", "hidden_goal", "hidden_persona_hard", "hidden_goal_hard")
 PRIMARY = {"gist": "token_f1", "gist_derived": "token_f1", "fact": "token_f1", "classification": "exact",
-           "hidden_persona": "calibrated", "hidden_goal": "calibrated", "relational": "exact", "organism": "exact"}
+           **{t: "calibrated" for t in IDENTIFICATION}, "relational": "exact", "organism": "exact"}
+# what the decoder *says*, beside the primary score of what it ranks: its reply matched to the block's candidates
+GENERATIVE = {t: "generative" for t in IDENTIFICATION}
+DECODINGS = ("greedy", "contrastive", "rerank")
 # conditions reported beside the decoder that are not controls: an upper bound it need not beat (the organism
 # answering its own facts directly, latentqa/evals/organism_task.py)
 CEILINGS = ("organism_direct",)
@@ -87,9 +96,13 @@ class Scorer:
     spent into the prompt pass, loss scoring and generation; `prompts` counts the prompts read."""
 
     def __init__(self, net, tokenizer, info, batch_size: int, max_new_tokens: int,
-                 progress: Callable[[str, int], None] | None = None, contrast: float = 0.0):
+                 progress: Callable[[str, int], None] | None = None, decoding: str = "greedy",
+                 contrast: float = 1.0, samples: int = 8, temperature: float = 1.0, seed: int = 0):
+        if decoding not in DECODINGS:
+            raise ValueError(f"unknown decoding {decoding!r}: one of {', '.join(DECODINGS)}")
         self.net, self.tok, self.info, self.bs, self.max_new = net, tokenizer, info, batch_size, max_new_tokens
-        self.contrast = contrast
+        self.decoding, self.contrast, self.samples, self.temperature = decoding, contrast, samples, temperature
+        self.generator = torch.Generator().manual_seed(seed)  # rerank's samples, the same on every rerun
         self.progress = progress or (lambda what, n: None)
         self.seconds = {"prompt": 0.0, "score": 0.0, "generate": 0.0}
         self.prompts = 0
@@ -105,7 +118,7 @@ class Scorer:
             prompts, conts, patch = decoder_prompts(self.net, self.tok, a, q, c, self.info.placeholder_id,
                                                     self.info.write_layer, self.info.norm_match)
             null = None
-            if self.contrast > 0:  # the same prompts with zero vectors: what the model says whatever it reads
+            if self.decoding != "greedy":  # the same prompts with zero vectors: what the model says whatever it reads
                 null = decoder_prompts(self.net, self.tok, [np.zeros_like(x) for x in a], q, [[] for _ in q],
                                        self.info.placeholder_id, self.info.write_layer, self.info.norm_match)[2]
             return self._answer(prompts, conts, patch, null)
@@ -148,7 +161,15 @@ class Scorer:
         losses = score_continuations(self.net, pre, conts, pad, max_rows=max(self.bs, 8))
         t2 = time.perf_counter()
         null = prefill(self.net, prompts, pad, null_patch) if null_patch else None
-        texts = replies(self.tok, greedy(self.net, pre, self.max_new, self.tok.eos_token_id, null, self.contrast))
+        eos = self.tok.eos_token_id
+        if null is None:  # the text-only reader, or greedy decoding
+            ids = greedy(self.net, pre, self.max_new, eos)
+        elif self.decoding == "contrastive":
+            ids = greedy(self.net, pre, self.max_new, eos, null, self.contrast)
+        else:
+            ids = rerank(self.net, pre, null, self.max_new, eos, pad, self.samples, self.temperature, self.generator,
+                         max_rows=max(self.bs, 8))
+        texts = replies(self.tok, ids)
         t3 = time.perf_counter()
         for part, dt in zip(self.seconds, (t1 - t0, t2 - t1, t3 - t2)):
             self.seconds[part] += dt
@@ -277,12 +298,14 @@ def condition_rows(items: list[Item], condition: str, generated: list[str], loss
                      else contains_answer(g, it.reference),
                      "loss": loss, "identified": first_strictly_lowest(ranked[k]) if ranked else None,
                      "calibrated": calibrated[k], "attributed": attributed[k],
+                     "generative": matched_candidate(g, it.candidates) == 0 if it.candidates else None,
                      "k": len(it.candidates) if it.candidates else None})
     return rows
 
 
 SCORES = ("rouge_l", "token_f1", "exact")
-BLOCK_METRICS = {"identification": "identified", "calibrated": "calibrated", "attribution": "attributed"}
+BLOCK_METRICS = {"identification": "identified", "calibrated": "calibrated", "attribution": "attributed",
+                 "generative": "generative", "judge_generative": "judge_generative"}
 
 
 def _values(rows: list[dict], metric: str) -> dict[str, float]:
@@ -316,28 +339,30 @@ def summarize(rows: list[dict], seed: int) -> list[dict]:
 
 
 def margins(rows: list[dict], seed: int) -> list[dict]:
-    """The decoder's margin over each control on the task's primary metric, paired by item, with its
-    seeded 95% bootstrap interval (task, control, metric, margin, lo, hi, n)."""
+    """The decoder's margin over each control on the task's primary metric (and, on identification tasks, on
+    generative identification), paired by item, with its seeded 95% bootstrap interval (task, control, metric,
+    margin, lo, hi, n)."""
     groups, out = _groups(rows), []
     for task in dict.fromkeys(r["task"] for r in rows):
-        metric = PRIMARY[task]
-        decoder = _values(groups.get((task, "decoder"), []), metric)
-        for (t, condition), rs in groups.items():
-            control = _values(rs, metric)
-            shared = [i for i in decoder if i in control]
-            if t != task or condition == "decoder" or not shared:
-                continue
-            ci = paired([decoder[i] for i in shared], [control[i] for i in shared], seed)
-            out.append({"task": task, "control": condition, "metric": metric, "margin": round(ci.mean, 4),
-                        "lo": round(ci.lo, 4), "hi": round(ci.hi, 4), "n": ci.n})
+        for metric in (PRIMARY[task], *([GENERATIVE[task]] if task in GENERATIVE else [])):
+            decoder = _values(groups.get((task, "decoder"), []), metric)
+            for (t, condition), rs in groups.items():
+                control = _values(rs, metric)
+                shared = [i for i in decoder if i in control]
+                if t != task or condition == "decoder" or not shared:
+                    continue
+                ci = paired([decoder[i] for i in shared], [control[i] for i in shared], seed)
+                out.append({"task": task, "control": condition, "metric": metric, "margin": round(ci.mean, 4),
+                            "lo": round(ci.lo, 4), "hi": round(ci.hi, 4), "n": ci.n})
     return out
 
 
-def verdicts(summary: list[dict]) -> dict[str, bool]:
-    """{task: the decoder's interval on the primary metric lies above every control's (ceilings aside)}."""
+def verdicts(summary: list[dict], metric_of: dict[str, str] = PRIMARY) -> dict[str, bool]:
+    """{task: the decoder's interval on the task's metric (its primary one by default) lies above every
+    control's (ceilings aside)}, for the tasks `metric_of` names."""
     out = {}
-    for task in dict.fromkeys(r["task"] for r in summary):
-        primary = [r for r in summary if r["task"] == task and r["metric"] == PRIMARY[task]]
+    for task in (t for t in dict.fromkeys(r["task"] for r in summary) if t in metric_of):
+        primary = [r for r in summary if r["task"] == task and r["metric"] == metric_of[task]]
         decoder = [Interval(r["value"], r["lo"], r["hi"], r["n"]) for r in primary if r["condition"] == "decoder"]
         controls = [Interval(r["value"], r["lo"], r["hi"], r["n"]) for r in primary
                     if r["condition"] != "decoder" and r["condition"] not in CEILINGS]

@@ -8,6 +8,9 @@
   classification  "Which kind of control shapes the replies?" -> persona | goal | scenario (probe-able)
   hidden_persona  a held-out persona as the system prompt (masked); identify it among K candidates
   hidden_goal     the same with a held-out goal ("What has the assistant been asked to do?")
+  hidden_persona_hard, hidden_goal_hard
+                  the same prompts in hard blocks: each block a prompt and the K-1 most like it
+                  (latentqa/evals/blocks.py)
   relational      "Tell me about France." -> "What currency is used ...?" (latentqa/evals/facts.yaml)
 """
 
@@ -23,11 +26,15 @@ import yaml
 from latentqa.config import EvaluateConfig
 from latentqa.describe import describe
 from latentqa.dialogs import encode_dialog
+from latentqa.evals.blocks import blocks as make_blocks
 from latentqa.residual import read_spans
 
 FAMILIES = ("persona", "goal", "scenario")
-TASKS = ("gist", "gist_derived", "fact", "classification", "hidden_persona", "hidden_goal", "relational", "organism")
-HIDDEN = {"hidden_persona": "persona", "hidden_goal": "goal"}  # identification task -> the family it hides
+TASKS = ("gist", "gist_derived", "fact", "classification", "hidden_persona", "hidden_goal", "hidden_persona_hard",
+         "hidden_goal_hard", "relational", "organism")
+# identification task -> (the family it hides, the kind of its blocks)
+HIDDEN = {"hidden_persona": ("persona", "random"), "hidden_goal": ("goal", "random"),
+          "hidden_persona_hard": ("persona", "hard"), "hidden_goal_hard": ("goal", "hard")}
 CLASS_QUESTION = "Is the assistant following a persona, a goal or a scenario? Answer with one word."
 
 
@@ -78,31 +85,31 @@ def heldout_items(rows: list[dict], dialogs: dict[str, dict], tokenizer, variant
 
 
 def hidden_persona_items(personas: list[dict], tokenizer, k: int, seed: int, task: str = "hidden_persona") -> list[Item]:
-    """Each persona (or goal, for `hidden_goal`) as a hidden system prompt over its stimulus, in seeded blocks of
-    K: an item's candidates are the descriptions of its block, its own first. Every candidate is a description in
-    one style (latentqa/describe.py), so only content tells them apart, and a block's K x K losses (each
-    description under each member's activations) let identification be calibrated: a description's loss is taken
-    relative to its mean over the block, which cancels how likely the description is whatever the activations.
-    Prompts that do not fill a last block are left out (fewer than K in all: one block of them)."""
+    """Each persona (or goal, for `hidden_goal`) as a hidden system prompt over its stimulus, in blocks of K
+    (random or hard, by the task: latentqa/evals/blocks.py): an item's candidates are the descriptions of its
+    block, its own first. Every candidate is a description in one style (latentqa/describe.py), so only content
+    tells them apart, and a block's K x K losses (each description under each member's activations) let
+    identification be calibrated: a description's loss is taken relative to its mean over the block, which
+    cancels how likely the description is whatever the activations. Prompts that do not fill a last block are
+    left out (fewer than K in all: one block of them)."""
     if len(personas) < 2:  # nothing to tell the true persona from
         return []
-    order = list(personas)
-    random.Random(seed).shuffle(order)
-    size = min(k, len(order))
-    blocks = [order[i: i + size] for i in range(0, len(order) - size + 1, size)]
-    question = describe(HIDDEN[task], "")[0]
-    described = {q["label"]: describe(HIDDEN[task], q["text"])[1] for q in order}  # once, not once per item
+    family, kind = HIDDEN[task]
+    question = describe(family, "")[0]
+    described = {q["label"]: describe(family, q["text"])[1] for q in personas}  # once, not once per item
+    by_label = {q["label"]: q for q in personas}
+    labels = list(by_label)
     out = []
-    for block in blocks:
-        labels = [q["label"] for q in block]
-        for p in block:
-            peers = [p["label"], *(label for label in labels if label != p["label"])]
+    for block in make_blocks(labels, [described[label] for label in labels], k, seed, kind):
+        for label in block:
+            p = by_label[label]
+            peers = [label, *(other for other in block if other != label)]
             dialog = {"control_user": p["text"], "control_model": "", "stimulus_user": p["stimulus_user"],
                       "stimulus_model": ""}
             enc = encode_dialog(tokenizer, dialog, "system")
-            out.append(Item(task, p["label"], question, described[p["label"]], enc.token_ids,
-                            enc.n_prefix, candidates=[described[label] for label in peers], peers=peers,
-                            source=p["label"]))
+            out.append(Item(task, label, question, described[label], enc.token_ids,
+                            enc.n_prefix, candidates=[described[peer] for peer in peers], peers=peers,
+                            source=label))
     return out
 
 
@@ -138,10 +145,11 @@ def sample_per_task(items: list[Item], n: int | None, seed: int) -> list[Item]:
 
 
 def build_items(cfg: EvaluateConfig, tok, split_rows: list[dict], dialogs: dict[str, dict], reader, layer: int,
-                variant: str, hidden_personas: list[dict] | None = None) -> tuple[list[Item], list[Item]]:
+                variant: str, hidden_prompts: dict[str, list[dict]] | None = None) -> tuple[list[Item], list[Item]]:
     """(items whose activations `reader.acts(dialog_id, layer)` gives, items the target must read now) for the
-    eval split's rows and their dialogs. `hidden_personas` (label, text, stimulus_user rows, e.g. the release's
-    from `latentqa import-latentqa`) replace the split's held-out personas as the hidden_persona task."""
+    eval split's rows and their dialogs. `hidden_prompts` ({family: label, text, stimulus_user rows}, e.g. the
+    release's from `latentqa import-latentqa`) replace the split's held-out personas or goals in the
+    identification tasks of that family."""
     stored = sample_per_task([it for it in heldout_items(split_rows, dialogs, tok, variant) if it.task in cfg.tasks],
                              cfg.max_examples, cfg.seed)
     for it in stored:  # views into the extracted parts, only for the items kept
@@ -150,10 +158,11 @@ def build_items(cfg: EvaluateConfig, tok, split_rows: list[dict], dialogs: dict[
     if "relational" in cfg.tasks:
         fresh += sample_per_task(relational_items(tok, cfg.relational_facts, cfg.seed), cfg.max_examples, cfg.seed)
     for task in (t for t in HIDDEN if t in cfg.tasks):
-        if task == "hidden_persona" and hidden_personas is not None:
-            hidden = {r["label"]: r for r in hidden_personas}
+        family = HIDDEN[task][0]
+        if (given := (hidden_prompts or {}).get(family)) is not None:
+            hidden = {r["label"]: r for r in given}
         else:
-            hidden = heldout_controls(split_rows, dialogs, HIDDEN[task])
+            hidden = heldout_controls(split_rows, dialogs, family)
         if cfg.hidden_stimulus:  # the same user turn for all: only the masked system prompt differs
             hidden = {label: {**h, "stimulus_user": cfg.hidden_stimulus} for label, h in hidden.items()}
         fresh += whole_blocks(hidden_persona_items(list(hidden.values()), tok, cfg.identification_k, cfg.seed, task),

@@ -127,6 +127,31 @@ def test_the_playground_answers_under_every_condition_from_the_activations_it_sa
     assert no_refs[0].losses is None and "shuffled" not in no_refs[0].answers  # no stored dialog, no shuffle
 
 
+def test_the_playground_ranks_candidates_against_zero_activations_and_can_rerank(playground):
+    """Each patched condition ranks the candidates by loss minus the same candidate's loss under zeros (the
+    text reader by raw loss), and rerank's answer is one the decoder itself wrote."""
+    import numpy as np
+
+    from latentqa.generate import answer_losses
+
+    pg, q = playground, "What persona is the assistant adopting?"
+    cands = ["A pirate captain.", "A cheerful gardener.", "A tired nurse."]
+    readings = pg.ask_all([q], "How was your weekend?", "Talk like a pirate.", candidates=cands, max_new_tokens=3)
+    ranking = readings[0].ranking
+    assert set(ranking) == {"decoder", "zero", "text_only", "untrained_patch"}
+    own = pg.activations("How was your weekend?", system="Talk like a pirate.")
+    args = (pg.info.placeholder_id, pg.info.write_layer, pg.info.norm_match)
+    loss = answer_losses(pg.net, pg.tokenizer, [own] * 3, [q] * 3, cands, *args)
+    zero = answer_losses(pg.net, pg.tokenizer, [np.zeros_like(own)] * 3, [q] * 3, cands, *args)
+    expected = sorted(zip(cands, [a - b for a, b in zip(loss, zero)]), key=lambda t: t[1])
+    assert [c for c, _ in ranking["decoder"]] == [c for c, _ in expected]
+    assert [s for _, s in ranking["decoder"]] == pytest.approx([s for _, s in expected], abs=1e-3)
+    assert all(s == 0 for _, s in ranking["zero"])  # zeros against zeros: nothing read, nothing ranked
+    reranked = pg.ask_all([q], "How was your weekend?", "Talk like a pirate.", max_new_tokens=3, decoding="rerank")
+    assert set(reranked[0].answers) == {"decoder", "zero", "text_only", "untrained_patch"}
+    assert reranked[0].ranking is None
+
+
 def test_the_playground_shows_the_masked_and_the_read_tokens(playground):
     from latentqa.dialogs import encode_turns
 
@@ -145,6 +170,8 @@ def test_the_playground_shows_the_masked_and_the_read_tokens(playground):
     (dict(layer=99), "read layer 99 is not in the model"),
     (dict(questions=["", " "]), "ask at least one question"),
     (dict(references=["a", "b"]), "2 reference answers for 1 questions"),
+    (dict(candidates=["only one"]), "one candidate answer ranks against nothing"),
+    (dict(decoding="beam"), "decoding 'beam' is not one of"),
     (dict(max_tokens=8), "longer than the model's context of 8"),
 ])
 def test_bad_playground_input_gets_a_message_that_names_it(playground, monkeypatch, call, says):

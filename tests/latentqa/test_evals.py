@@ -193,8 +193,13 @@ def test_every_condition_is_scored_and_identification_uses_the_losses(tiny, toke
     assert set(ident) == conditions and all(r["n"] == len(items) for r in ident.values())
     assert all(r["lo"] <= r["value"] <= r["hi"] for r in summary)
     margin = margins(rows, seed=0)
-    assert {m["control"] for m in margin} == conditions - {"decoder"}
+    assert {(m["control"], m["metric"]) for m in margin} == \
+        {(c, metric) for c in conditions - {"decoder"} for metric in ("calibrated", "generative")}
+    said = {r["condition"]: r for r in summary if r["metric"] == "generative"}  # what the replies name
     for m in margin:  # paired by item: the mean margin is the difference of the two means
+        if m["metric"] == "generative":
+            assert m["margin"] == pytest.approx(said["decoder"]["value"] - said[m["control"]]["value"], abs=1e-3)
+            continue
         assert m["n"] == len(items) and m["lo"] <= m["margin"] <= m["hi"]
         assert m["margin"] == pytest.approx(ident["decoder"]["value"] - ident[m["control"]]["value"], abs=1e-3)
     report = markdown(summary, margin, verdicts(summary), rows)
@@ -305,3 +310,42 @@ def test_hidden_goal_items_ask_the_goal_question_of_goal_descriptions(tokenizer)
     by_label = {g["label"]: g["text"] for g in goals}
     assert all(it.reference == describe("goal", by_label[it.item_id])[1] for it in items)
     assert all(by_label[it.item_id] not in tokenizer.decode(it.token_ids[it.n_prefix:]) for it in items)
+
+
+def test_the_judge_names_the_candidate_an_answer_describes_in_an_order_of_its_own(tmp_path, monkeypatch):
+    """Generative identification judged: the judge sees the block's candidates in a seeded order per item (the
+    truth is not always first) and a pick maps back to the candidate it names; none picked is a miss."""
+    import re
+
+    from latentqa.config import EndpointConfig
+    from latentqa.evals.judge import judge_picks
+    from latentqa.llm import LLM, read_api_key
+    from storage.requests import RequestCache, request_key
+    from tests.fault_server import FaultServer
+
+    shown_first = []
+
+    def pick(body):  # a judge that picks the listed description sharing the answer's last word, else none
+        prompt = body["messages"][-1]["content"]
+        answer = re.search(r'model answered: "([^"]*)"', prompt)[1]
+        listed = re.findall(r"^(\d+)\. (.*)$", prompt, re.M)
+        shown_first.append((answer, listed[0][1]))
+        word = answer.rstrip(".").split()[-1].lower()
+        return {"choice": next((int(n) for n, c in listed if word in c.lower()), 0)}
+
+    cands = {("hidden_persona", f"p{i}"): [f"A {w}." for w in ws] for i, ws in enumerate(
+        [("pirate", "chef", "nurse"), ("chef", "pirate", "nurse"), ("nurse", "chef", "pirate"),
+         ("robot", "chef", "nurse"), ("poet", "knight", "surfer"), ("knight", "poet", "surfer")])}
+    rows = [{"task": "hidden_persona", "item_id": f"p{i}", "condition": "decoder", "question": "Who?",
+             "generated": g} for i, g in enumerate(["I am a pirate.", "A pirate.", "A nurse.", "Nothing here.",
+                                                     "A poet.", "A surfer."])]
+    rows.append({"task": "gist", "item_id": "g", "condition": "decoder", "question": "?", "generated": "x"})
+    monkeypatch.setenv("JUDGE_KEY", "k")
+    endpoint = EndpointConfig(base_url="http://unused", model_id="judge", api_key_env="JUDGE_KEY")
+    with FaultServer(pick) as server:
+        llm = LLM(endpoint, server.base_url, read_api_key(endpoint, local=False),
+                  RequestCache(tmp_path / "requests.sqlite"), request_key)
+        got = judge_picks(llm, rows, cands)
+    assert got == [True, False, True, False, True, False, None]
+    truth_of = {r["generated"]: cands[(r["task"], r["item_id"])][0] for r in rows[:-1]}
+    assert len(shown_first) == 6 and sum(first == truth_of[a] for a, first in shown_first) < 6  # shuffled

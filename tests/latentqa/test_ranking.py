@@ -187,3 +187,50 @@ def test_contrast_prefers_what_the_activations_raised_but_never_an_implausible_t
     assert _choose(own, None, 0.0, 0.1).tolist() == [0]       # greedy
     assert _choose(own, null, 1.0, 0.1).tolist() == [1]       # raised 0.09 -> 0.30; token 2 is below 0.1 x 0.60
     assert _choose(own, null, 1.0, 0.05).tolist() == [2]      # with a lower floor, the most raised token wins
+
+
+def _prefills(decoder, tokenizer, acts, questions):
+    from latentqa.dialogs import pad_id_of
+    from latentqa.ranking import decoder_prompts, prefill
+
+    ph = placeholder_id(tokenizer, "?")
+    prompts, _, patch = decoder_prompts(decoder, tokenizer, acts, questions, [[] for _ in acts], ph, 1, False)
+    null = decoder_prompts(decoder, tokenizer, [np.zeros_like(a) for a in acts], questions, [[] for _ in acts], ph, 1,
+                           False)[2]
+    pad = pad_id_of(tokenizer)
+    return prefill(decoder, prompts, pad, patch), prefill(decoder, prompts, pad, null), pad
+
+
+def test_rerank_keeps_the_plausible_answer_the_activations_raise_most(decoder, tokenizer, monkeypatch):
+    """Rerank's choice is, among the greedy answer and its samples, the one with the largest loss drop from the
+    zero-activation prompt to the item's own, among those within log(1/plausible) of the lowest loss; under
+    zeros against zeros every drop is 0 and the greedy answer stays. Samples are the same on every run."""
+    import math
+
+    from latentqa import ranking
+
+    rng = np.random.default_rng(0)
+    acts = [rng.normal(0, 3, (n, decoder.config.hidden_size)).astype(np.float32) for n in (3, 5, 4)]
+    questions = ["What persona?", "Who is it?", "Which one?"]
+    pre, null, pad = _prefills(decoder, tokenizer, acts, questions)
+    eos = tokenizer.eos_token_id
+    seen = []
+    real = ranking.score_continuations
+
+    def spy(model, p, conts, pad_id, max_rows=32):
+        out = real(model, p, conts, pad_id, max_rows)
+        seen.append((conts, out))
+        return out
+
+    monkeypatch.setattr(ranking, "score_continuations", spy)
+    chosen = ranking.rerank(decoder, pre, null, 4, eos, pad, 6, 1.0, torch.Generator().manual_seed(0), max_rows=64)
+    (options, own), (_, base) = seen
+    for j, pick in enumerate(chosen):
+        floor = min(own[j]) - math.log(0.1)
+        gains = [b - o if o <= floor else -math.inf for o, b in zip(own[j], base[j])]
+        assert pick == options[j][int(np.argmax(gains))]
+        assert len(options[j]) > 1, "no sample differed from greedy: this test would not see a wrong choice"
+    again = ranking.rerank(decoder, pre, null, 4, eos, pad, 6, 1.0, torch.Generator().manual_seed(0), max_rows=64)
+    assert again == chosen
+    greedy_ids = ranking.greedy(decoder, ranking.repeated(null, [0, 1, 2]), 4, eos)
+    assert ranking.rerank(decoder, null, null, 4, eos, pad, 6, 1.0, torch.Generator().manual_seed(0)) == greedy_ids

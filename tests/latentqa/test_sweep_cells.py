@@ -91,3 +91,17 @@ def test_the_table_carries_every_condition_with_n_and_interval():
     lines = [l for l in text.splitlines() if l.startswith("| b") or l.startswith("| a")]
     assert lines == ["| b | 0.25 | 400 | 0.500 [0.400, 0.600] | 0.300 [0.200, 0.400] |",
                      "| a | 0.25 | 400 | 0.500 [0.400, 0.600] | 0.300 [0.200, 0.400] |"]
+
+
+def test_identification_cells_carry_what_the_decoder_says_beside_what_it_ranks(tmp_path):
+    from storage.plots import plot_scaling
+
+    summary = [{"task": "hidden_persona", "condition": c, "metric": m, "value": v, "lo": v - 0.1, "hi": v + 0.1,
+                "n": 100} for c, v in (("decoder", 0.8), ("shuffled", 0.2))
+               for m in ("calibrated", "generative", "identification", "rouge_l")]
+    rows = cell_rows("a", 1.0, 6400, summary) + cell_rows("b", 1.0, 6400, summary)
+    assert {r["metric"] for r in rows} == {"calibrated", "generative"}
+    text = markdown(rows, ["a", "b"])
+    assert "## hidden_persona (calibrated, n = 100)" in text and "## hidden_persona (generative, n = 100)" in text
+    plot_scaling(rows, ["a", "b"], tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 0
