@@ -66,3 +66,42 @@ def test_true_activations_beat_shuffled_on_held_out_dialogs(tmp_path, default_mo
     shuffled_loss = eval_loss(decoder, shuffled_ex, shuffled_views, pad, loaded.device, cfg)
     print(f"held-out loss: true {true_loss:.3f}, shuffled {shuffled_loss:.3f}")
     assert true_loss < shuffled_loss - 0.5, (true_loss, shuffled_loss)
+
+
+def test_rerank_says_the_hidden_persona_more_often_than_greedy_when_the_prior_wins(default_model_dir):
+    """A decoder trained briefly on data where one persona dominates answers that persona greedily whatever it
+    reads; rerank (evaluate.decoding) keeps, among its samples, the answer its activations raise most against
+    zeros, and names each item's own persona more often. The held-out items share their user turns, as hidden
+    prompts over a neutral stimulus do, so only the persona tells their activations apart."""
+    from latentqa.decoder import DecoderInfo
+    from latentqa.dialogs import encode_dialog
+    from latentqa.evals.harness import Scorer
+    from latentqa.residual import read_spans
+
+    loaded = load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
+    tok, ph = loaded.tokenizer, placeholder_id(loaded.tokenizer, "?")
+    dialogs = [(p, f"Tell me about {topic}.", reply.format(topic)) for p, (_, reply) in PERSONAS.items()
+               for topic in TOPICS[:12]]
+    # four reads of each persona under one neutral turn: rerank samples anew each time, greedy answers alike
+    held_out = [(p, "Tell me about yourself.", reply.format("that")) for p, (_, reply) in PERSONAS.items()
+                for _ in range(4)]
+    encoded = [encode_dialog(tok, {"control_user": PERSONAS[p][0], "control_model": "Sure.", "stimulus_user": s,
+                                   "stimulus_model": r}, "stimulus_completion") for p, s, r in dialogs + held_out]
+    acts = read_spans(loaded.model, encoded, 15, tok.pad_token_id, 16)
+    question = "Who is the assistant?"
+    train = [i for i, (p, _, _) in enumerate(dialogs) for _ in range(20 if p == "pirate" else 1)]  # the prior
+    examples = [encode_example(tok, len(acts[i]), question, f"A {dialogs[i][0]}.", ph) for i in train]
+    cfg = TrainConfig(lr=3e-4, batch_size=4, epochs=10, max_steps=12, eval_every=1000, write_layer=15)
+    decoder = make_decoder(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.seed)
+    fit(decoder, (examples, [acts[i] for i in train]), ([], []), cfg, tok.pad_token_id, loaded.device)
+    decoder.eval()
+    info = DecoderInfo("smollm2-135m-instruct", 15, 15, "?", ph, "stimulus_completion")
+    views = acts[len(dialogs):]
+    hits = {}
+    for decoding in ("greedy", "rerank"):
+        read = Scorer(decoder, tok, info, 16, 8, decoding=decoding, samples=8).read(
+            views, [question] * len(views), [[f"A {p}."] for p, _, _ in held_out])
+        hits[decoding] = sum(p in reply.lower() for (p, _, _), (reply, _) in zip(held_out, read))
+    print(f"own persona named, of {len(held_out)}: {hits}")
+    assert hits["greedy"] <= 8, "greedy was not prior-bound: this test would not see rerank do better"
+    assert hits["rerank"] >= hits["greedy"] + 4, hits
