@@ -39,12 +39,33 @@ _PREFECT_DEFAULTS = {
 
 
 def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`--set section.field=value` (or `--set name=value` for the run's top-level name), each value read as YAML;
+    a malformed one is a ConfigError naming the override."""
+    from latentqa.config import TOP_LEVEL, ConfigError, RunConfig, YAMLValueError, yaml_value
+
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise SystemExit(f"--set expects section.field=value, got {item!r}")
-        section, field = key.split(".", 1)
-        raw.setdefault(section, {})[field] = yaml.safe_load(value)
+        section, dot, field = key.partition(".")
+        if not sep or not section or (dot and not field) or (not dot and section not in TOP_LEVEL):
+            raise ConfigError(f"--set {item!r}: expected section.field=value (or "
+                              f"{' / '.join(f'{k}=value' for k in TOP_LEVEL)})")
+        if dot and section in TOP_LEVEL:
+            raise ConfigError(f"--set {item!r}: {section} is a value, not a section: write --set {section}=...")
+        if dot and section not in RunConfig.model_fields:
+            raise ConfigError(f"--set {item!r}: no config section {section!r} (sections: "
+                              f"{', '.join(k for k in RunConfig.model_fields if k not in TOP_LEVEL)})")
+        try:
+            parsed = yaml_value(value)
+        except YAMLValueError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+        if not dot:
+            raw[section] = parsed
+            continue
+        if raw.get(section) is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"--set {item!r}: section {section} of the config file is not a mapping")
+        raw[section][field] = parsed
     return raw
 
 
@@ -52,6 +73,9 @@ def load_run_config(path: Path | None, overrides: list[str]):
     from latentqa.config import parse_config, raw_config
 
     path = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if path is None:  # outside the repository with no --config: say so, the defaults are not configs/demo.yaml's
+        print(f"config: none given and no {DEFAULT_CONFIG} here: running the built-in defaults "
+              "(latentqa/config.py); pass --config FILE", file=sys.stderr)
     raw = raw_config(path) if path else {}  # its relative paths resolved before any override
     return parse_config(_apply_overrides(raw, overrides), source=str(path or "defaults"))
 
@@ -188,15 +212,22 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_read(args) -> int:
-    from latentqa.reader import Reader
+    from latentqa.reader import Reader, ReaderError
 
+    problems = [f"{flag} is empty: {what}" for flag, value, what in (
+        ("--prompt", args.prompt, "give the user message the target reads"),
+        *(("--question", q, "every question needs words") for q in args.question)) if not value.strip()]
+    if args.max_new_tokens < 1:
+        problems.append(f"--max-new-tokens {args.max_new_tokens}: at least 1 token must be generated")
     try:
+        if problems:
+            raise ReaderError("; ".join(problems))
         reader = Reader(args.decoder, args.model)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
+        replies = reader.ask(args.question, args.prompt, args.system, args.reply, args.max_new_tokens, args.decoding)
+    except (FileNotFoundError, ReaderError) as err:
+        print(f"read: {err}", file=sys.stderr)
         return 2
-    for question, reply in zip(args.question, reader.ask(args.question, args.prompt, args.system, args.reply,
-                                                          args.max_new_tokens)):
+    for question, reply in zip(args.question, replies):
         print(f"Q: {question}\nA: {reply}\n")
     return 0
 
@@ -372,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_argument("--question", action="append", required=True)
     rd.add_argument("--model", help="the target/decoder base model (default: the one the decoder was trained on)")
     rd.add_argument("--max-new-tokens", type=int, default=48)
+    rd.add_argument("--decoding", choices=["greedy", "contrastive", "rerank"], default="greedy",
+                    help="how the answer is written (evaluate.decoding)")
     rd.set_defaults(fn=cmd_read)
     imp = sub.add_parser("import-latentqa", help="the LatentQA release in this project's formats: eval data, "
                          "steering controls and a trainable dataset")

@@ -17,6 +17,7 @@ from latentqa.cards import score_rows
 from latentqa.decoder import DecoderInfo
 from latentqa.evals.harness import DECODINGS
 from latentqa.playground import CONDITIONS, Playground, PlaygroundError
+from latentqa.reader import ReaderError
 from storage import export, outputs
 from storage.manifest import Manifest
 from storage.store import Store, StoreError, read_manifest
@@ -100,7 +101,7 @@ def build(root: Path):
     def describe(rel):
         try:
             return decoders.about(rel), decoders.read_layer(rel)
-        except (PlaygroundError, StoreError) as err:
+        except (PlaygroundError, ReaderError, StoreError) as err:
             return f"**Cannot use this decoder:** {err}", None
 
     def ask(rel, system, prompt, reply, layer, questions, references, candidates, decoding, progress=gr.Progress()):
@@ -115,7 +116,7 @@ def build(root: Path):
                                   candidates=candidates.splitlines() if candidates else None,
                                   decoding=decoding or "greedy")
             given = pg.given(prompt, system or "", reply or "")
-        except PlaygroundError as err:
+        except (PlaygroundError, ReaderError) as err:
             return f"**Cannot read this:** {err}", None, None, None
         table = [[r.question if c == CONDITIONS[0] else "", c, r.answers[c],
                   f"{r.losses[c]:.3f}" if r.losses else ""] for r in readings for c in CONDITIONS if c in r.answers]

@@ -10,7 +10,7 @@ by `check_against_model`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,10 +19,31 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 Variant = Literal["system", "stimulus", "stimulus_completion", "control"]
 
 
+def _wants_int(annotation) -> bool:
+    """An annotation that takes ints and not booleans: int, int | None, list[int], int | Literal[...]."""
+    if annotation is int:
+        return True
+    return any(_wants_int(a) for a in get_args(annotation)) and bool not in get_args(annotation)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     NON_SEMANTIC: ClassVar[frozenset[str]] = frozenset()
     ADDED_LATER: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, raw):
+        """YAML reads yes/no/true as booleans and pydantic would take them as 1/0: `read_layers: [yes]` must be
+        an error, not layer 1."""
+        if isinstance(raw, dict):
+            for name, field in cls.model_fields.items():
+                value = raw.get(name)
+                values = value if isinstance(value, list) else [value]
+                if _wants_int(field.annotation) and any(isinstance(v, bool) for v in values):
+                    raise ValueError(f"{name}: expected a number, got the boolean {value!r} (YAML reads yes, no, "
+                                     "true, false, on and off as booleans)")
+        return raw
 
 
 class ModelConfig(Section):
@@ -57,7 +78,16 @@ class EndpointConfig(Section):
     price_prompt_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens")
     price_completion_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens")
     max_cost_usd: float | None = Field(None, gt=0, description="hard cap on new spend in one run; replies "
-                                       "already paid for are kept, and cached replies cost nothing")
+                                       "already paid for are kept, and cached replies cost nothing; needs the "
+                                       "model's prices")
+
+    @model_validator(mode="after")
+    def _a_cap_needs_prices(self) -> "EndpointConfig":
+        if self.max_cost_usd is not None and not (self.price_prompt_per_mtok or self.price_completion_per_mtok):
+            raise ValueError(f"max_cost_usd={self.max_cost_usd} is set but price_prompt_per_mtok and "
+                             "price_completion_per_mtok are both 0: every request would cost $0 and the cap could "
+                             "never stop the run; set the endpoint model's prices (USD per million tokens)")
+        return self
 
     @property
     def served_model(self) -> str:
@@ -339,10 +369,15 @@ class StorageConfig(Section):
     root: Path = Path("runs/demo")
 
 
+TOP_LEVEL = ("name",)  # RunConfig's fields that are values, not sections
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
 class RunConfig(Section):
     """A whole pipeline run."""
 
-    name: str = "demo"
+    name: str = Field("demo", pattern=NAME, description="the dataset's name: datasets/<name>/ in the store, so a "
+                      "plain file name (letters, digits, . _ -)")
     model: ModelConfig = ModelConfig()
     endpoint: EndpointConfig = EndpointConfig()
     release: ReleaseConfig | None = Field(None, description="import the LatentQA release instead of catalog + "
@@ -381,7 +416,10 @@ def raw_config(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    raw = read_yaml(path) or {}
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path} is empty: a run config is a mapping of sections (configs/demo.yaml is the "
+                          "default run); to run the built-in defaults, pass no --config outside the repository")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     catalog = raw.get("catalog") or {}
@@ -393,10 +431,43 @@ def raw_config(path: Path | str) -> dict:
     return raw
 
 
-def read_yaml(path: Path):
-    """A YAML file's content; a syntax error names the file, line and column instead of a traceback."""
+class YAMLValueError(ValueError):
+    """A YAML text that cannot be read: the message says where and why."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping with the same key twice (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_value(text: str):
+    """One YAML value (a --set override's), keys unique; raises YAMLValueError naming the problem."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark else ""
+        raise YAMLValueError(f"{getattr(err, 'problem', None) or str(err).splitlines()[0]}{where}") from None
+
+
+def read_yaml(path: Path):
+    """A YAML file's content; a syntax error, a repeated key or bytes that are not UTF-8 name the file (and the
+    line and column) instead of a traceback."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -178,7 +178,16 @@ class DecoderInfo:
 
     @classmethod
     def load(cls, path: Path) -> DecoderInfo:
-        info = cls(**json.loads(path.read_text()))
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
+        fields = {f for f in cls.__dataclass_fields__}
+        if not isinstance(raw, dict) or not {"base_model", "read_layer", "write_layer"} <= set(raw) or set(raw) - fields:
+            raise ValueError(f"{path}: not a decoder.json (expected the fields {sorted(fields)})")
+        if not all(isinstance(raw[k], int) and not isinstance(raw[k], bool) for k in ("read_layer", "write_layer")):
+            raise ValueError(f"{path}: read_layer and write_layer must be whole numbers")
+        info = cls(**raw)
         if info.prompt_format != PROMPT_FORMAT:
             raise ValueError(f"{path}: prompt_format {info.prompt_format} != supported {PROMPT_FORMAT}")
         return info

@@ -113,6 +113,10 @@ class Budget:
         self.spent += actual
 
 
+class EndpointUnreachable(RuntimeError):
+    """The endpoint did not answer the structured-output probe: the message names its URL."""
+
+
 class BudgetExceeded(RuntimeError):
     """A stage stopped at the spend cap; it must not commit, so that a rerun with a higher cap completes it."""
 
@@ -156,6 +160,7 @@ class LLM:
         self._secret = api_key.get_secret_value() if api_key.get_secret_value() != "local" else ""
         self.semaphore = asyncio.Semaphore(cfg.concurrency)
         self._mode_lock, self._mode_known = asyncio.Lock(), False
+        self._unreachable: EndpointUnreachable | None = None
 
     async def close(self) -> None:
         await self.client.close()
@@ -186,8 +191,11 @@ class LLM:
 
     async def ensure_mode(self) -> str:
         """The structured-output mode this endpoint and model honour: remembered in the cache, else probed once
-        (one tiny request per mode tried, from endpoint.structured_output down) and remembered."""
+        (one tiny request per mode tried, from endpoint.structured_output down) and remembered. An endpoint that
+        does not answer the probe fails every call at once (EndpointUnreachable), not each after its retries."""
         async with self._mode_lock:
+            if self._unreachable is not None:
+                raise self._unreachable
             if self._mode_known:
                 return self.mode
             known = self.cache.get_mode(self.endpoint_id, self.model)
@@ -195,7 +203,11 @@ class LLM:
             if known in MODES and MODES.index(known) >= start:
                 self.mode = known
             else:
-                self.mode = await self._probe(MODES[start:])
+                try:
+                    self.mode = await self._probe(MODES[start:])
+                except EndpointUnreachable as err:
+                    self._unreachable = err
+                    raise
                 self.cache.put_mode(self.endpoint_id, self.model, self.mode)
             self._mode_known = True
             return self.mode
@@ -204,12 +216,18 @@ class LLM:
         for mode in modes:
             if mode not in ENFORCED:
                 return mode  # JSON mode or the prompt alone: checked on every reply instead
+            # room for a grammar that spells the reply a character at a time ('{ "latentqa_probe" : 7}' is 17
+            # tokens on some servers)
             body = self._request([{"role": "user", "content": "Say hello."}], PROBE_SCHEMA,
-                                 {"max_tokens": 16, "temperature": 0.0}, mode)
+                                 {"max_tokens": 64, "temperature": 0.0}, mode)
             text, reason, detail, _ = await self._send(body, cache=False)
             if reason in ("http_401", "http_403", "budget_exceeded"):
                 raise RuntimeError(f"structured-output probe of {self.endpoint_id} ({self.model}) failed: "
                                    f"{redact(detail, self._secret)}")
+            if reason in ("connection", "timeout"):  # no answer is no capability answer: remember nothing
+                raise EndpointUnreachable(f"the endpoint {self.client.base_url} did not answer ({reason}: "
+                                          f"{redact(detail, self._secret)[:160]}); nothing was sent to it and "
+                                          "nothing was remembered: start it, or fix endpoint.base_url")
             if text is not None and (mode == "json_schema" or _matches_probe(text)):
                 return mode
         return modes[-1]
@@ -267,7 +285,9 @@ class LLM:
                 except openai.RateLimitError as err:
                     reason, detail, wait = "http_429", str(err)[:200], _retry_after(err)
                 except openai.APIStatusError as err:
-                    if err.status_code == 400 and "response_format" in str(err):
+                    # a refusal of the format, whatever the status (some servers answer 500 naming it): not an
+                    # outage to retry
+                    if err.status_code in (400, 422, 500) and "response_format" in str(err):
                         self.budget.settle(worst, 0.0)
                         return None, "unsupported_format", str(err)[:200], attempt + 1
                     if err.status_code < 500:
@@ -290,11 +310,17 @@ class LLM:
         return None, reason, detail, self.cfg.max_retries + 1
 
 
+_PROBE_TEXT = '{"latentqa_probe":7}'
+
+
 def _matches_probe(text: str) -> bool:
+    """The probe's schema enforced: its one valid reply, or a reply cut off by max_tokens that has already spelt
+    the key, which only a server holding the schema can know (the prompt says "Say hello.")."""
     try:
         return json.loads(text) == {"latentqa_probe": 7}
     except ValueError:
-        return False
+        compact = "".join(text.split())
+        return len(compact) >= len('{"latentqa_probe"') and _PROBE_TEXT.startswith(compact)
 
 
 def _retry_after(err: openai.APIStatusError) -> float | None:

@@ -24,9 +24,20 @@ def check_run(cfg: RunConfig) -> None:
     except (ValueError, OSError) as err:
         raise ConfigError(str(err)) from None
     check_against_model(cfg, depth)
+    check_storage(cfg)
     if cfg.endpoint.base_url and cfg.endpoint.api_key_env not in os.environ:
         raise ConfigError(f"endpoint.api_key_env names {cfg.endpoint.api_key_env!r}, which is not set in the "
                           f"environment; export it, or set endpoint.base_url: null to use the local endpoint")
+
+
+def check_storage(cfg: RunConfig) -> None:
+    """The store's root must be a folder, or not exist yet (made by the first stage)."""
+    root = Path(cfg.storage.root)
+    for p in (root, *root.parents):
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"storage.root {root}: {p} is a file, not a folder: the store cannot be made there")
+        if p.exists():
+            break
 
 
 def check_sweep(cfg: RunConfig) -> list[RunConfig]:

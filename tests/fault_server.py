@@ -2,7 +2,8 @@
 
 The last user message picks the behaviour: it may contain `fault=<kind>x<n>`, and the first n requests with
 that message get the fault (429 with Retry-After, 500, a hang past the client's timeout, text that is not
-JSON, JSON that fails the schema); later ones get `reply` (a dict, or a function of the request body).
+JSON, JSON that fails the schema); later ones get `reply` (a dict, or a function of the request body returning
+a dict, or raw content and a finish reason).
 Every reply reports 100 prompt and 50 completion tokens; `latency_s` delays each answer; a response_format
 type not in `formats` gets the 400 that servers without structured outputs send; `refuse` answers other
 refusals (another status, another wording), as servers differ.
@@ -27,7 +28,8 @@ class FaultServer:
     def __init__(self, reply: dict | Callable[[dict], dict], hang_s: float = 2.0, latency_s: float = 0.0,
                  formats: tuple[str, ...] = ("json_schema", "json_object"),
                  refuse: Callable[[dict], tuple[int, str] | None] | None = None,
-                 probe_reply: dict | None = {"greeting": "hello"}):  # noqa: B006 (never mutated)
+                 probe_reply: dict | None = {"greeting": "hello"},  # noqa: B006 (never mutated)
+                 port: int = 0):
         self.reply, self.hang_s, self.latency_s, self.formats = reply, hang_s, latency_s, formats
         self.refuse = refuse  # body -> (status, message) to answer instead, as servers refuse what they lack
         self.probes = 0  # structured-output capability probes among `requests` (latentqa/llm.py)
@@ -37,7 +39,7 @@ class FaultServer:
         self.bodies: list[dict] = []  # every request body, in arrival order
         self.auth_headers: list[str] = []
         self._lock = threading.Lock()
-        self.httpd = _Server(("127.0.0.1", 0), self._handler())
+        self.httpd = _Server(("127.0.0.1", port), self._handler())
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def __enter__(self):
@@ -100,10 +102,13 @@ class FaultServer:
                     reply = server.probe_reply
                 else:
                     reply = server.reply(body) if callable(server.reply) else server.reply
+                finish = "stop"
+                if isinstance(reply, tuple):  # (raw content, finish reason): a reply cut off by max_tokens
+                    reply, finish = reply
                 content = {"notjson": "this is not json {", "badschema": json.dumps({"wrong": 1})}.get(
-                    kind, json.dumps(reply))
+                    kind, reply if isinstance(reply, str) else json.dumps(reply))
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                 "choices": [{"index": 0, "finish_reason": finish,
                                               "message": {"role": "assistant", "content": content}}],
                                  "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}})
 

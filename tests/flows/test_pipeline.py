@@ -1,5 +1,6 @@
 """The whole flow on the tiny model under a Prefect test server: cached reruns, precise invalidation, lineage."""
 
+import json
 import shutil
 import time
 
@@ -144,7 +145,43 @@ def test_read_answers_about_a_dialog_from_the_targets_own_activations(first_run,
                  "Talk like a pirate.", "--question", "What persona is the assistant adopting?",
                  "--max-new-tokens", "3"]) == 0
     assert "A: " in capsys.readouterr().out
+    assert main(["read", "--decoder", str(decoder_dir), "--prompt", "How was your day?", "--question", "Who?",
+                 "--max-new-tokens", "3", "--decoding", "rerank"]) == 0
+    assert "A: " in capsys.readouterr().out
     assert main(["read", "--decoder", str(store.root), "--prompt", "x", "--question", "y"]) == 2  # not a decoder
+
+
+@pytest.mark.parametrize("damage, argv, says", [
+    ("not json", [], "is not valid JSON"),
+    ("not a decoder.json", [], "not a decoder.json"),
+    ("layer beyond the model", [], "read_layer 99 is beyond the model"),
+    (None, ["--max-new-tokens", "-1"], "--max-new-tokens -1: at least 1 token"),
+    (None, ["--prompt", "  "], "--prompt is empty"),
+    (None, ["--question", ""], "--question is empty"),
+])
+def test_read_names_a_damaged_decoder_or_a_bad_argument_and_exits_2(first_run, tmp_path, damage, argv, says):
+    """The real command, as a process: exit code 2, a message naming the problem, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    cfg, _, _ = first_run
+    store = Store(cfg.storage.root)
+    decoder_dir = tmp_path / "decoder"
+    shutil.copytree(store.root / next(m for m in store.manifests() if m.stage == "train").dir, decoder_dir)
+    info = json.loads((decoder_dir / "decoder.json").read_text())
+    if damage == "not json":
+        (decoder_dir / "decoder.json").write_text('{"base_model": ')
+    elif damage == "not a decoder.json":
+        (decoder_dir / "decoder.json").write_text('{"hello": 1}')
+    elif damage == "layer beyond the model":
+        (decoder_dir / "decoder.json").write_text(json.dumps({**info, "read_layer": 99}))
+    args = {"--prompt": "How was your day?", "--question": "Who?", "--max-new-tokens": "3"}
+    args.update(dict(zip(argv[::2], argv[1::2])))
+    done = subprocess.run([sys.executable, "-m", "app.cli", "read", "--decoder", str(decoder_dir),
+                           *[x for kv in args.items() for x in kv]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_every_stage_writes_the_files_protocol_names(first_run):

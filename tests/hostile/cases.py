@@ -17,7 +17,7 @@ import yaml
 class Case:
     name: str
     expect: str  # a fragment of the error message (case-sensitive)
-    config: dict | str = field(default_factory=dict)  # a dict is merged into the base config; a str is the file
+    config: dict | str | bytes = field(default_factory=dict)  # a dict is merged into the base config; text or bytes are the file
     files: dict[str, str] = field(default_factory=dict)  # relative path -> text
     args: tuple[str, ...] = ()
 
@@ -106,6 +106,20 @@ CASES = [
     Case("steering pair of three", "control.yaml: expected {pairs: [[question, answer], ...]}", {"steer": {"control": "{dir}/control.yaml"}},
          files={"control.yaml": "pairs: [[q, a, extra]]\n"}),
     Case("steering unknown persona", "no persona 'persona-nowhere-nobody' in the builtin catalog", {"steer": {"control": "persona:persona-nowhere-nobody"}}),
+    # second hardening round (issue 32)
+    Case("--set malformed value", "--set 'train.lr=[1e-4': the value is not valid YAML", {}, args=("--set", "train.lr=[1e-4")),
+    Case("--set tab in the value", "the value is not valid YAML", {}, args=("--set", "train.lr=\t1e-4")),
+    Case("--set a field of the name", "name is a value, not a section", {}, args=("--set", "name.x=1")),
+    Case("--set an unknown section", "no config section 'trian'", {}, args=("--set", "trian.lr=1")),
+    Case("--set a name that is no file name", "name: String should match pattern", {}, args=("--set", "name=a/b")),
+    Case("spend cap without prices", "every request would cost $0", {"endpoint": {"max_cost_usd": 0.01}}),
+    Case("boolean for a layer", "read_layers: expected a number, got the boolean", {"extract": {"read_layers": [True]}}),
+    Case("boolean for a count", "batch_size: expected a number, got the boolean", {"train": {"batch_size": True}}),
+    Case("duplicate yaml key", "duplicate key 'lr'", "train:\n  lr: 1.0e-4\n  lr: 2.0e-4\n"),
+    Case("config not utf-8", "config.yaml: not UTF-8 text", b"train:\n  lr: \xff\n"),
+    Case("empty config file", "config.yaml is empty", ""),
+    Case("storage root is a file", "is a file, not a folder", {"storage": {"root": "{dir}/afile/store"}}, files={"afile": "x"}),
+    Case("dataset name with a path", "name: String should match pattern", {"name": "../elsewhere"}),
 ]
 
 
@@ -124,7 +138,9 @@ def materialize(case: Case, folder: Path) -> list[str]:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text(fill(text))
     config = folder / "config.yaml"
-    if isinstance(case.config, str):
+    if isinstance(case.config, bytes):
+        config.write_bytes(case.config)
+    elif isinstance(case.config, str):
         config.write_text(case.config)
     else:
         config.write_text(yaml.safe_dump({"storage": {"root": str(folder / "store")}, **fill(case.config)}))

@@ -39,14 +39,30 @@ def test_bad_input_exits_2_before_any_stage_and_leaves_the_store_alone(case, tmp
     with contextlib.redirect_stderr(err):
         try:
             code = cli.main(argv)
-        except SystemExit as exit_:
-            code, message = 2 if exit_.code not in (0, None) else exit_.code, str(exit_.code)
-            err.write(message)
+        except SystemExit as exit_:  # the real exit code: a SystemExit with a message exits 1, not 2
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            err.write(str(exit_.code))
     text = err.getvalue()
     assert code == 2, text
     assert case.expect in text, f"{case.name}: {text!r}"
     assert "Traceback" not in text
     assert _snapshot(store) == before
+
+
+REAL_COMMAND = ["--set malformed value", "--set a field of the name", "config not utf-8", "spend cap without prices"]
+
+
+@pytest.mark.parametrize("name", REAL_COMMAND)
+def test_the_real_command_exits_2_without_a_traceback(name, tmp_path):
+    """The same as above through the installed `latentqa` process: its real exit code and stderr."""
+    import subprocess
+    import sys
+
+    case = next(c for c in CASES if c.name == name)
+    argv = materialize(case, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "app.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert case.expect in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def _finished_stage(store: Store):

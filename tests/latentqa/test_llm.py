@@ -192,3 +192,68 @@ def test_one_budget_for_every_client_of_a_run(tmp_path):
     assert n_first >= 13 and n_second <= 5  # the second client (say, the judge) finds the run's cap mostly spent
     assert ledger.spent == pytest.approx(0.002 * (n_first + n_second + server.probes)) and ledger.spent <= 0.05
     assert ledger.reserved == pytest.approx(0.0)
+
+
+def test_an_endpoint_that_does_not_answer_stops_the_calls_and_is_not_taken_for_a_capability(tmp_path):
+    """Issue 32, item 2: an outage during the probe used to be stored as `json_object` for good, and every
+    request was still sent at the dead endpoint. Now the calls stop at the probe, with the URL named, and
+    nothing is remembered: once the endpoint is up, the same store probes again and finds json_schema."""
+    import socket
+
+    from latentqa.llm import EndpointUnreachable
+
+    with socket.socket() as s:  # a port nothing listens on (yet)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, cache = f"http://127.0.0.1:{port}/v1", RequestCache(tmp_path / "r.sqlite")
+    with pytest.raises(EndpointUnreachable, match=f"127.0.0.1:{port}"):
+        _run(url, cache, [_msgs(f"q{i}") for i in range(30)], max_retries=1, timeout_s=1)
+    assert cache.get_mode(url, "m") is None
+    with FaultServer(lambda b: {"latentqa_probe": 7} if "latentqa_probe" in json.dumps(b) else REPLY, port=port,
+                     probe_reply=None) as server:
+        results = _run(url, cache, [_msgs("q0")], max_retries=1)
+    assert results[0].ok and cache.get_mode(url, "m") == "json_schema" and server.probes == 1
+
+
+def _spelling_server():
+    """As seen (issue 32, item 9): json_schema refused with a 500 that names response_format; a schema given as
+    {"type": "json_object", "schema": ...} enforced by a grammar that spells the probe's reply a character at a
+    time, so that max_tokens cuts it off (finish reason `length`)."""
+    spelt = '{ "latentqa_probe" : 7}'
+
+    def reply(body):
+        fmt = body.get("response_format") or {}
+        if "latentqa_probe" in json.dumps(fmt.get("schema", {})):
+            n = body.get("max_tokens") or 1024
+            return (spelt, "stop") if n >= len(spelt) else (spelt[:n], "length")
+        return REPLY if fmt.get("schema") else {"echo": "the schema is in the prompt"}
+
+    refused = []
+
+    def refuse(body):
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            refused.append(body)
+            return 500, "response_format json_schema is not supported by this server"
+        return None
+
+    server = FaultServer(reply, formats=("json_object",), probe_reply=None, refuse=refuse)
+    server.refused = refused
+    return server
+
+
+def test_a_server_that_spells_its_schema_and_refuses_json_schema_with_a_500_is_used_with_its_schema(tmp_path):
+    cache = RequestCache(tmp_path / "r.sqlite")
+    with _spelling_server() as server:
+        result, mode = _complete(server, cache, "hello")
+        refused = server.refused
+    assert result.ok and result.reply.model_dump() == REPLY
+    assert mode == "json_object_schema" and cache.get_mode(server.base_url, "m") == "json_object_schema"
+    assert len(refused) == 1, "the 500 naming response_format was retried as an outage"
+
+
+def test_a_probe_reply_cut_off_after_the_key_counts_as_the_schema_enforced():
+    from latentqa.llm import _matches_probe
+
+    assert _matches_probe('{ "latentqa_probe" : 7}') and _matches_probe('{ "latentqa_probe" :')
+    assert not _matches_probe('{ "latentq') and not _matches_probe('{"hello": "world"}')
+    assert not _matches_probe("Hello! How can I help?")
