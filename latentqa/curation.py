@@ -16,6 +16,7 @@ files it wrote, `check_no_leaks`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import duckdb
@@ -122,8 +123,32 @@ def sandbox(rows: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
         con.execute(f"INSERT INTO qa SELECT {', '.join(QA_COLUMNS)} FROM rows_in")
         con.unregister("rows_in")
     con.execute("SET enable_external_access = false")
+    con.execute(f"SET memory_limit = '{RULE_MEMORY}'")
     con.execute("SET lock_configuration = true")
     return con
+
+
+RULE_MEMORY = "2GB"  # a user rule's DuckDB memory, in the sandbox
+RULE_CHECK_SECONDS = 5.0  # the pre-run check runs each rule on an empty table: anything slower is not a filter
+RULE_SECONDS = 600.0  # the stage runs it on the real rows
+
+
+def rule_sql(expr: str) -> str:
+    """The one statement a user rule runs as, in the check and in the stage alike: the ids of the rows it drops."""
+    return f"SELECT qa_id FROM qa WHERE NOT coalesce(({expr}), false)"
+
+
+def run_rule(con: duckdb.DuckDBPyConnection, name: str, expr: str, seconds: float) -> list[tuple]:
+    """A user rule's statement, interrupted after `seconds`; a rule past its time is a ValueError naming it."""
+    timer = threading.Timer(seconds, con.interrupt)
+    timer.start()
+    try:
+        return con.execute(rule_sql(expr)).fetchall()
+    except duckdb.InterruptException:
+        raise ValueError(f"filter.keep_where.{name}: {expr!r} ran past {seconds:g} s and was stopped; a rule is "
+                         "one condition on a row's columns") from None
+    finally:
+        timer.cancel()
 
 
 def user_rule_drops(rows: pa.Table | None, keep_where: dict[str, str]) -> pa.Table:
@@ -133,7 +158,7 @@ def user_rule_drops(rows: pa.Table | None, keep_where: dict[str, str]) -> pa.Tab
         return pa.table({"qa_id": [], "rule": []}, schema=pa.schema([("qa_id", pa.string()), ("rule", pa.string())]))
     con = sandbox(rows)
     drops = [(qa_id, name) for name, expr in sorted(keep_where.items())
-             for (qa_id,) in con.execute(f"SELECT qa_id FROM qa WHERE NOT coalesce(({expr}), false)").fetchall()]
+             for (qa_id,) in run_rule(con, name, expr, RULE_SECONDS)]
     con.close()
     return pa.table({"qa_id": [d[0] for d in drops], "rule": [d[1] for d in drops]},
                     schema=pa.schema([("qa_id", pa.string()), ("rule", pa.string())]))
@@ -147,12 +172,12 @@ def validate_keep_where(keep_where: dict[str, str]) -> None:
         field = f"filter.keep_where.{name}"
         if not name.isidentifier():
             raise ValueError(f"{field}: rule names must be identifiers")
-        sql = f"SELECT count(*) FROM qa WHERE ({expr})"
+        sql = rule_sql(expr)
         try:
             statements = con.extract_statements(sql)
             if len(statements) != 1:
                 raise ValueError(f"{field}: {expr!r} must be a single expression, not several statements")
-            con.execute(sql)
+            run_rule(con, name, expr, RULE_CHECK_SECONDS)
         except duckdb.Error as err:
             first = str(err).splitlines()[0]
             raise ValueError(f"{field}: {expr!r} is not a valid condition on columns {sorted(QA_COLUMNS)}: {first}") from None

@@ -39,6 +39,7 @@ BEHAVIOURS = {  # file stem -> (variant, required text fields)
     "system": ("system", ("system", "stimulus_user")),
 }
 OPTIONAL = {"control_thought"}
+MAX_TEXT_CHARS = 8_000  # far above the release's longest text (506 characters), far below any model's context
 HELDOUT_CATEGORY = "heldout"  # the category of labels from held-out files: filter.heldout_categories: [heldout]
 
 # User turns that a persona answers in character but that say nothing about which persona it is: with them,
@@ -116,6 +117,9 @@ def read_behaviours(path: Path) -> list[dict]:
             if not isinstance(value, str) or not value.strip():
                 problem = "missing" if key not in item else f"not a non-empty string ({value!r:.40})"
                 raise ReleaseError(f"{path}: {where}: field {key!r} is {problem}")
+            if len(value) > MAX_TEXT_CHARS:
+                raise ReleaseError(f"{path}: {where}: field {key!r} is {len(value):,} characters, more than "
+                                   f"{MAX_TEXT_CHARS:,}: not a prompt a model can read whole")
         text = lambda k: item.get(k, "").strip()  # noqa: E731
         out.append({"label": label, "variant": variant, "control_user": text("system") or text("control_user"),
                     "control_model": text("control_model"), "stimulus_user": text("stimulus_user"),
@@ -181,6 +185,12 @@ def release_dataset(source: Path, files: list[tuple[str, bool]], qa_files: list[
     rng = random.Random(seed)
     for rel, held in files:
         rows = read_behaviours(source / rel)
+        paired = [r["label"] in pairs for r in rows]
+        if any(paired) and not all(paired):  # a file paired with the qa files must be paired whole
+            missing = [r["label"] for r, p in zip(rows, paired) if not p]
+            raise ReleaseError(f"{source / rel}: {len(missing)} of its {len(rows)} labels have no pairs in "
+                               f"{', '.join(qa_files)} while the others do (first: {', '.join(missing[:3])}); a "
+                               "label without pairs would get a derived description instead, silently")
         if max_labels is not None and len(rows) > max_labels:
             rows = sorted(random.Random(f"{seed}:{rel}").sample(rows, max_labels), key=lambda r: r["label"])
         for row in rows:

@@ -119,6 +119,15 @@ CASES = [
     Case("config not utf-8", "config.yaml: not UTF-8 text", b"train:\n  lr: \xff\n"),
     Case("empty config file", "config.yaml is empty", ""),
     Case("storage root is a file", "is a file, not a folder", {"storage": {"root": "{dir}/afile/store"}}, files={"afile": "x"}),
+    Case("release label missing from its qa.json", "1 of its 2 labels have no pairs in data/eval/qa.json",
+         **_release(system=json.dumps([{"label": f"persona-sea-{who}", "system": f"Talk like a {who}.",
+                                        "stimulus_user": "Hi."} for who in ("pirate", "captain")]))),
+    Case("release control text too long", "more than 8,000: not a prompt",
+         **_release(system=json.dumps([{"label": "persona-sea-pirate", "system": "Arr! " * 60_000,
+                                        "stimulus_user": "Hi."}]))),
+    Case("sql that never ends", "ran past 5 s and was stopped",
+         {"filter": {"keep_where": {"x": "(SELECT count(*) FROM range(100000000000000)) > 0"}}}),
+    Case("sql that comments out the stage's own", "is not a valid condition", {"filter": {"keep_where": {"x": "true) --"}}}),
     Case("dataset name with a path", "name: String should match pattern", {"name": "../elsewhere"}),
 ]
 
