@@ -428,6 +428,10 @@ def raw_config(path: Path | str) -> dict:
     release = raw.get("release")
     if isinstance(release, dict) and release.get("source") and not Path(release["source"]).is_absolute():
         release["source"] = str((path.parent / release["source"]).resolve())
+    steer = raw.get("steer")  # a control file, like a catalog file, is relative to the config that names it
+    if isinstance(steer, dict) and isinstance(steer.get("control"), str) and (path.parent / steer["control"]).is_file() \
+            and not Path(steer["control"]).is_absolute():
+        steer["control"] = str(path.parent / steer["control"])
     return raw
 
 

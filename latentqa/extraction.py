@@ -10,7 +10,7 @@ out-of-memory the budget is halved and the rest re-batched.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -54,9 +54,9 @@ def plan_parts(kept: list[dict], part_tokens: int) -> list[list[dict]]:
 
 
 def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: int,
-                 per_core: bool = True) -> dict[int, dict[str, Any]]:
+                 per_core: bool = True, on_batch: Callable[[int], None] | None = None) -> dict[int, dict[str, Any]]:
     """{layer: {dialog_id: acts [n_kept, d]}}. On CPU with `per_core`, one batch per core at a time (see
-    latentqa/cores.py); otherwise one after another."""
+    latentqa/cores.py); otherwise one after another. `on_batch(n)` is told of each batch of n dialogs read."""
     by_id = {d["dialog_id"]: d for d in dialogs}
     lengths = {i: len(d["token_ids"]) for i, d in by_id.items()}
     batches = length_batches(lengths, batch_tokens)
@@ -72,6 +72,8 @@ def read_batches(loaded, dialogs: list[dict], layers: list[int], batch_tokens: i
     for acts in results:
         for layer in layers:
             out[layer].update(acts[layer])
+        if on_batch:
+            on_batch(len(acts[layers[0]]))
     return out
 
 

@@ -65,6 +65,18 @@ def write_part(path: Path, dialogs: list[dict], acts: dict[int, dict[str, Any]],
     write_table(path, table, table.schema)
 
 
+def part_progress(k: int, total: int):
+    """A log line every tenth of a part's dialogs: a part of the release's thousands of dialogs takes minutes."""
+    done, step = [0, 0], max(1, total // 10)
+
+    def tell(n: int) -> None:
+        done[0] += n
+        if done[0] >= done[1] + step or done[0] >= total:
+            done[1] = done[0]
+            logger().info("extract: part %d: %d/%d dialogs read", k, done[0], total)
+    return tell
+
+
 @task(name="extract-part", cache_policy=NO_CACHE, persist_result=False)
 def extract_part(cfg: ExtractConfig, model: ModelConfig, partial_dir: str, k: int, dialogs: list[dict]) -> dict:
     """Write part k (all read layers of its dialogs) into the open stage directory, unless already there."""
@@ -74,7 +86,8 @@ def extract_part(cfg: ExtractConfig, model: ModelConfig, partial_dir: str, k: in
         return {"part": k, "n_tokens": n_tokens, "seconds": 0.0, "computed": False}
     started = time.monotonic()
     loaded = shared_model(model.name, model.revision, model.dtype, worker_device(model.device))
-    acts = read_batches(loaded, dialogs, cfg.read_layers, cfg.batch_tokens, cfg.cpu_parallel == "batches")
+    acts = read_batches(loaded, dialogs, cfg.read_layers, cfg.batch_tokens, cfg.cpu_parallel == "batches",
+                        part_progress(k, len(dialogs)))
     write_part(path, dialogs, acts, cfg.act_dtype, loaded.model.config.hidden_size)
     return {"part": k, "n_tokens": n_tokens, "seconds": time.monotonic() - started, "computed": True, "pid": os.getpid(),
             "peak_cuda_mb": torch.cuda.max_memory_allocated() // 2**20 if torch.cuda.is_available() else 0}

@@ -30,7 +30,9 @@ def control_pairs(cfg: SteerConfig) -> tuple[list[tuple[str, str]], str | None]:
         raise ValueError(f"steer.control={cfg.control!r} is neither a builtin control "
                          f"({', '.join(sorted(ev.steering_data()['controls']))}), persona:<label>, nor a file")
     try:
-        raw = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))  # YAML is a superset of JSON
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not YAML/JSON ({str(err).splitlines()[0]})") from None
     pairs = raw.get("pairs") if isinstance(raw, dict) and "pairs" in raw else \

@@ -18,7 +18,7 @@ class Case:
     name: str
     expect: str  # a fragment of the error message (case-sensitive)
     config: dict | str | bytes = field(default_factory=dict)  # a dict is merged into the base config; text or bytes are the file
-    files: dict[str, str] = field(default_factory=dict)  # relative path -> text
+    files: dict[str, str | bytes] = field(default_factory=dict)  # relative path -> text (or bytes, as they are)
     args: tuple[str, ...] = ()
 
 
@@ -125,6 +125,8 @@ CASES = [
     Case("release control text too long", "more than 8,000: not a prompt",
          **_release(system=json.dumps([{"label": "persona-sea-pirate", "system": "Arr! " * 60_000,
                                         "stimulus_user": "Hi."}]))),
+    Case("steering control not utf-8", "control.yaml: not UTF-8 text", {"steer": {"control": "{dir}/control.yaml"}},
+         files={"control.yaml": b"pairs: [[q, \xff]]\n"}),
     Case("sql that never ends", "ran past 5 s and was stopped",
          {"filter": {"keep_where": {"x": "(SELECT count(*) FROM range(100000000000000)) > 0"}}}),
     Case("sql that comments out the stage's own", "is not a valid condition", {"filter": {"keep_where": {"x": "true) --"}}}),
@@ -145,7 +147,10 @@ def materialize(case: Case, folder: Path) -> list[str]:
 
     for rel, text in case.files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_text(fill(text))
+        if isinstance(text, bytes):
+            (folder / rel).write_bytes(text)
+        else:
+            (folder / rel).write_text(fill(text))
     config = folder / "config.yaml"
     if isinstance(case.config, bytes):
         config.write_bytes(case.config)

@@ -102,3 +102,17 @@ def test_overrides_keep_the_config_files_relative_paths(tmp_path):
     plain = load_run_config(tmp_path / "run.yaml", [])
     overridden = load_run_config(tmp_path / "run.yaml", ["train.lr=2e-4"])  # was: paths left relative to the cwd
     assert overridden.catalog.paths == plain.catalog.paths == [tmp_path / "cat.yaml"] and overridden.train.lr == 2e-4
+
+
+def test_a_steering_control_file_is_found_beside_the_config_that_names_it(tmp_path, monkeypatch):
+    """Issue 32: steer.control in a config file resolved against the working directory, unlike catalog.paths and
+    release.source; builtin names and persona:<label> are left alone."""
+    from latentqa.config import raw_config
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "ctl.yaml").write_text("pairs: [[q, a]]\n")
+    (tmp_path / "cfg" / "run.yaml").write_text("steer:\n  control: ctl.yaml\n")
+    (tmp_path / "cfg" / "builtin.yaml").write_text("steer:\n  control: positive\n")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the file is not in the working directory
+    assert raw_config(tmp_path / "cfg" / "run.yaml")["steer"]["control"] == str(tmp_path / "cfg" / "ctl.yaml")
+    assert raw_config(tmp_path / "cfg" / "builtin.yaml")["steer"]["control"] == "positive"

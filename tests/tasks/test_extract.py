@@ -124,3 +124,17 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, tiny_model
     for d in dialogs:  # other batch shapes round differently: equal to float32 precision, not bit for bit
         for layer in cfg.read_layers:
             np.testing.assert_allclose(got.acts(d["dialog_id"], layer), ref.acts(d["dialog_id"], layer), atol=1e-5)
+
+
+def test_a_part_reports_its_progress_as_it_reads(tmp_path, tiny_model_dir, caplog):
+    """Issue 32: extraction logged nothing between its start and its end (7 minutes for the release's 6,967
+    dialogs, one part); now each part logs every tenth of its dialogs."""
+    import logging
+
+    store = Store(tmp_path / "s")
+    cfg = ExtractConfig(read_layers=[1], part_tokens=100_000, batch_tokens=64, cpu_parallel="ops")
+    dialogs = dialog_rows(30)
+    with caplog.at_level(logging.INFO, logger="latentqa"):
+        extract.fn(cfg, ModelConfig(name=str(tiny_model_dir)), make_synth(store, dialogs), store)
+    lines = [r.getMessage() for r in caplog.records if "part 0:" in r.getMessage()]
+    assert len(lines) >= 5 and lines[-1] == "extract: part 0: 30/30 dialogs read", lines
