@@ -9,6 +9,7 @@
   latentqa import-latentqa [--source DIR] [--out DIR]
   latentqa validation-set [--config FILE] [--n N] [--out DIR]
   latentqa datasets [--root DIR]
+  latentqa verify [--root DIR]
   latentqa gc --keep N [--root DIR] [--dry-run]
   latentqa up [--port N] | latentqa down      (make serve / make stop)
   latentqa prepare-model [--model NAME]
@@ -80,6 +81,37 @@ def load_run_config(path: Path | None, overrides: list[str]):
     return parse_config(_apply_overrides(raw, overrides), source=str(path or "defaults"))
 
 
+def check_store(root: Path) -> None:
+    """Every finished stage of the store sound as a cache hit would find it (sizes; hashes of the small files;
+    Parquet footers): a damaged one stops the run before Prefect and the writer lock, naming it."""
+    from latentqa.config import ConfigError
+    from storage.store import Store
+
+    if root.is_dir() and (problems := Store(root).damaged()):
+        raise ConfigError(f"storage.root {root} holds {len(problems)} damaged stage director"
+                          f"{'y' if len(problems) == 1 else 'ies'} (`latentqa verify --root {root}` checks every "
+                          "file's sha256):\n  " + "\n  ".join(problems))
+
+
+def cmd_verify(args) -> int:
+    """Every finished stage directory of the store against its manifest's sha256 sums."""
+    from storage.store import Store
+
+    store = Store(args.root)
+    if not store.root.is_dir():
+        print(f"verify: {store.root} is not a store (no such folder)", file=sys.stderr)
+        return 2
+    problems = store.damaged(full=True)
+    n = len(store.manifests()) if not problems else None
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print(f"verify: {len(problems)} damaged stage directories in {store.root}", file=sys.stderr)
+        return 2
+    print(f"verify: {n} finished stage directories in {store.root}, every file as its manifest records")
+    return 0
+
+
 def _run_flow(args, flow_name: str, check: str = "check_run"):
     """Load the config and check it with `check` of latentqa/preflight.py, then run a flow of flows/ on it:
     (config, final state) or an exit code."""
@@ -89,6 +121,7 @@ def _run_flow(args, flow_name: str, check: str = "check_run"):
     try:  # before Prefect starts: a bad config is an error message and exit code 2, never a failed flow run
         cfg = load_run_config(args.config, args.set)
         getattr(preflight, check)(cfg)
+        check_store(Path(cfg.storage.root))
     except ConfigError as err:
         print(err, file=sys.stderr)
         return None, 2
@@ -193,6 +226,8 @@ def cmd_lineage(args) -> int:
     store = Store(_store_root(args.ref, args.root))
     try:
         rows = lineage(store, args.ref)
+        for row in rows:  # a directory damaged since it was written is not lineage to build on
+            store.finished(row["stage"], row["fingerprint"])
     except (LookupError, StoreError) as err:
         print(err, file=sys.stderr)
         return 2
@@ -418,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("--n", type=int, default=100, help="prompts per family (a seeded sample)")
     val.add_argument("--out", type=Path, default=Path("runs/validation"))
     val.set_defaults(fn=cmd_validation_set)
+    ver = sub.add_parser("verify", help="check every finished stage directory of a store against its manifest's "
+                         "sha256 sums (a cache hit checks sizes, small files' hashes and Parquet footers)")
+    ver.add_argument("--root", type=Path, default=Path("runs/demo"))
+    ver.set_defaults(fn=cmd_verify)
     dsets = sub.add_parser("datasets", help="list every dataset's versions and its latest one")
     dsets.add_argument("--root", type=Path, default=Path("runs/demo"))
     dsets.set_defaults(fn=cmd_datasets)

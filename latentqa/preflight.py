@@ -31,7 +31,8 @@ def check_run(cfg: RunConfig) -> None:
 
 
 def check_storage(cfg: RunConfig) -> None:
-    """The store's root must be a folder, or not exist yet (made by the first stage)."""
+    """The store's root must be a folder, or not exist yet (made by the first stage). (Its finished stages are
+    checked by the CLI, which may import storage/: app/cli.py `_run_flow`.)"""
     root = Path(cfg.storage.root)
     for p in (root, *root.parents):
         if p.exists() and not p.is_dir():

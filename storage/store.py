@@ -34,9 +34,14 @@ def is_stage_dir(path: Path) -> bool:
     return path.is_dir() and not path.name.endswith(PARTIAL) and (path / MANIFEST).is_file()
 
 
-def check_sizes(stage_dir: Path, manifest: Manifest) -> None:
-    """Every file the manifest lists is there with its recorded size: a truncated or deleted file after commit
-    is an error naming it, never a cached result (sizes, not hashes: this runs on every cache hit)."""
+HASH_ON_HIT = 64 * 2**20  # files up to this size are hashed on every cache hit; larger ones checked by size and,
+# for Parquet, by their footer (a full hash of every activation part on every hit would cost a read of the store)
+
+
+def check_files(stage_dir: Path, manifest: Manifest, hash_up_to: int | None) -> None:
+    """What a cache hit depends on: every file the manifest lists is there with its recorded size; files up to
+    `hash_up_to` bytes have its sha256, larger Parquet files a readable footer. A damaged file is an error naming
+    it, never a cached result. `hash_up_to=None` hashes every file (`latentqa verify`)."""
     for entry in manifest.files:
         path = stage_dir / entry.path
         size = path.stat().st_size if path.is_file() else None
@@ -44,6 +49,23 @@ def check_sizes(stage_dir: Path, manifest: Manifest) -> None:
             found = "missing" if size is None else f"{size} bytes"
             raise StoreError(f"{path} is {found}, its manifest says {entry.bytes} bytes: {stage_dir} was damaged "
                              "after it was written; move it aside and rerun its stage to recompute it")
+        if hash_up_to is None or entry.bytes <= hash_up_to:
+            if file_sha256(path) != entry.sha256:
+                raise StoreError(f"{path} does not have the sha256 its manifest records: {stage_dir} was damaged "
+                                 "after it was written (same size, other bytes); move it aside and rerun its stage")
+        elif path.suffix == ".parquet" and not _parquet_footer_ok(path):
+            raise StoreError(f"{path}: its Parquet footer cannot be read: {stage_dir} was damaged after it was "
+                             "written; move it aside and rerun its stage")
+
+
+def _parquet_footer_ok(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+        return True
+    except Exception:  # pyarrow's errors for a damaged file vary by version
+        return False
 
 
 def read_manifest(stage_dir: Path) -> Manifest:
@@ -138,7 +160,7 @@ class Store:
         manifest = read_manifest(final)
         if manifest.fingerprint != fp:
             raise StoreError(f"{final}: manifest fingerprint {manifest.fingerprint} != expected {fp} (12-char clash?)")
-        check_sizes(final, manifest)
+        check_files(final, manifest, HASH_ON_HIT)
         return manifest
 
     def path(self, manifest: Manifest | InputRef, name: str = "") -> Path:
@@ -150,6 +172,20 @@ class Store:
 
     def manifests(self) -> list[Manifest]:
         return [read_manifest(p.parent) for p in sorted(self.root.glob(f"*/*/{MANIFEST}")) if is_stage_dir(p.parent)]
+
+    def damaged(self, full: bool = False) -> list[str]:
+        """A line per finished stage directory whose manifest or files are damaged, checked as a cache hit
+        checks them (every file hashed when `full`); [] for a sound store."""
+        hash_up_to = None if full else HASH_ON_HIT
+        problems = []
+        for p in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            if not is_stage_dir(p.parent):
+                continue
+            try:
+                check_files(p.parent, read_manifest(p.parent), hash_up_to)
+            except StoreError as err:
+                problems.append(str(err))
+        return problems
 
     @contextmanager
     def open_stage(self, stage: str, fp: str) -> Iterator[StageDir]:

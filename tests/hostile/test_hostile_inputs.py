@@ -92,3 +92,58 @@ def test_a_damaged_manifest_is_an_error_naming_it(tmp_path, damage, capsys):
         store.finished("extract", "a" * 64)
     assert cli.main(["lineage", "a" * 12, "--root", str(store.root)]) == 2
     assert "manifest.json is damaged" in capsys.readouterr().err
+
+
+def test_a_same_size_corruption_is_not_a_cache_hit(tmp_path):
+    """Issue 32, item 4: only sizes were checked, so other bytes of the same size were served as finished."""
+    store = Store(tmp_path / "store")
+    manifest = _finished_stage(store)
+    part = store.root / manifest.dir / "part-00000.parquet"
+    part.write_bytes(b"9876543210" * 10)  # 100 bytes, as recorded
+    with pytest.raises(StoreError, match=r"part-00000.parquet does not have the sha256 its manifest records"):
+        store.finished("extract", "a" * 64)
+
+
+def test_a_large_parquet_file_is_checked_by_its_footer_on_a_hit_and_by_its_hash_on_verify(tmp_path, monkeypatch,
+                                                                                           capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import storage.store as store_module
+
+    store = Store(tmp_path / "store")
+    with store.open_stage("extract", "b" * 64) as out:
+        pq.write_table(pa.table({"x": list(range(1000))}), out.file("part-00000.parquet"))
+        manifest = out.commit(version=1)
+    monkeypatch.setattr(store_module, "HASH_ON_HIT", 16)  # as if the part were large: no hash on a hit
+    part = store.root / manifest.dir / "part-00000.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte inside the data: the footer still reads
+    part.write_bytes(bytes(data))
+    assert store.finished("extract", "b" * 64) is not None  # a hit checks the footer only ...
+    assert cli.main(["verify", "--root", str(store.root)]) == 2  # ... verify hashes every file
+    assert "does not have the sha256" in capsys.readouterr().err
+    part.write_bytes(bytes(data[:-8]) + b"XXXXXXXX")  # the footer's magic gone, same size
+    with pytest.raises(StoreError, match="its Parquet footer cannot be read"):
+        store.finished("extract", "b" * 64)
+
+
+def test_run_and_lineage_refuse_a_damaged_store_before_any_stage(tmp_path, monkeypatch, capsys):
+    """`latentqa run` on a store with a truncated finished file: exit 2 before Prefect, no traceback, no writer
+    lock, the store as it was; lineage names the damage too; verify passes once it is repaired."""
+    monkeypatch.setattr(cli, "_report_to_local_server", _started)
+    root = tmp_path / "store"
+    store = Store(root)
+    manifest = _finished_stage(store)
+    assert cli.main(["verify", "--root", str(root)]) == 0
+    part = root / manifest.dir / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:37])
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage:\n  root: {root}\n")
+    before = _snapshot(root)
+    assert cli.main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 damaged stage directory" in err and "part-00000.parquet is 37 bytes" in err
+    assert "Traceback" not in err and _snapshot(root) == before and not list(root.rglob("writer.lock"))
+    assert cli.main(["lineage", "a" * 12, "--root", str(root)]) == 2
+    assert "part-00000.parquet is 37 bytes" in capsys.readouterr().err
