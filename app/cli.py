@@ -186,9 +186,9 @@ def print_summary(root: Path, final) -> None:
           "score per condition; 'reads' when the decoder's interval lies above every control's")
     from latentqa.evals.harness import GENERATIVE, PRIMARY
 
-    verdicts = {PRIMARY: final.summary.get("reads", {}), GENERATIVE: final.summary.get("reads_generative", {})}
+    verdicts = [(PRIMARY, final.summary.get("reads", {})), (GENERATIVE, final.summary.get("reads_generative", {}))]
     for task, conditions in final.summary["scores"].items():
-        for metric_of, reads in verdicts.items():
+        for metric_of, reads in verdicts:
             if task not in metric_of:
                 continue
             metric = metric_of[task]
